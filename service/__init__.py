@@ -1,0 +1,1 @@
+"""The crypto price service: a gunicorn-served Flask API of simulated prices."""

@@ -1,0 +1,165 @@
+"""The price endpoints: current price, batch of prices, history.
+
+Polling etiquette: each answer carries a strong ETag per (symbols, tick) and
+``Cache-Control: max-age`` of the whole seconds left in the tick; a matching
+``If-None-Match`` gets a 304 with no body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+
+import flask
+
+from service import faults
+from service.config import SYMBOL_PATTERN
+from service.errors import ApiError
+from service.feed import HISTORY_MAX
+from service.prices import Quote
+from service.state import get_state
+
+bp = flask.Blueprint("prices", __name__)
+MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
+DEFAULT_HISTORY_LIMIT = 10
+
+
+@bp.before_request
+def _inject_faults() -> None:
+    faults.inject(get_state().settings)
+
+
+@bp.get("/crypto-price")
+def crypto_price() -> flask.Response:
+    state = get_state()
+    symbol = _known_symbol(flask.request.args.get("symbol", state.settings.default_symbol))
+    now = time.time()
+    quote = state.feed.quote(symbol, now)
+    return _conditional(
+        tag=_etag(symbol, quote.tick),
+        quotes=[quote],
+        now=now,
+        body=lambda: {**_quote_fields(quote), "timestamp": now},
+    )
+
+
+@bp.get("/v1/prices")
+def prices() -> flask.Response:
+    state = get_state()
+    raw = flask.request.args.get("symbols")
+    symbols = list(state.feed.symbols) if raw is None else _symbol_list(raw)
+    now = time.time()
+    quotes = [state.feed.quote(symbol, now) for symbol in symbols]
+    return _conditional(
+        tag=_etag(",".join(symbols), quotes[0].tick),
+        quotes=quotes,
+        now=now,
+        body=lambda: {"prices": [_quote_fields(q) for q in quotes], "timestamp": now},
+    )
+
+
+@bp.get("/v1/prices/<symbol>/history")
+def history(symbol: str) -> flask.Response:
+    state = get_state()
+    symbol = _known_symbol(symbol)
+    limit = _history_limit(flask.request.args.get("limit"))
+    now = time.time()
+    quotes = state.feed.history(symbol, now, limit)
+    return _conditional(
+        tag=_etag(f"{symbol}/history/{limit}", quotes[-1].tick),
+        quotes=quotes[-1:],
+        now=now,
+        body=lambda: {
+            "symbol": symbol,
+            "prices": [
+                {"price": q.price, "tick": q.tick, "updated_at": q.updated_at} for q in quotes
+            ],
+            "timestamp": now,
+        },
+    )
+
+
+def _quote_fields(quote: Quote) -> dict[str, object]:
+    return {
+        "price": quote.price,
+        "symbol": quote.symbol,
+        "tick": quote.tick,
+        "updated_at": quote.updated_at,
+        "next_update_at": quote.next_update_at,
+    }
+
+
+def _conditional(
+    tag: str,
+    quotes: list[Quote],
+    now: float,
+    body: Callable[[], dict[str, object]],
+) -> flask.Response:
+    """Answer 304 to a matching If-None-Match, else the JSON body; count the polls."""
+    state = get_state()
+    next_update_at = quotes[0].next_update_at
+    not_modified = flask.request.if_none_match.contains_weak(tag)
+    if not_modified:
+        response = flask.Response(status=304)
+    else:
+        response = flask.jsonify(body())
+    response.set_etag(tag)
+    response.headers["Cache-Control"] = f"max-age={max(0, math.floor(next_update_at - now))}"
+    outcome = "not_modified" if not_modified else "fresh"
+    for quote in quotes:
+        state.metrics.polls.labels(quote.symbol, outcome).inc()
+    return response
+
+
+def _etag(subject: str, tick: int) -> str:
+    # The seed is part of the tag so that two differently seeded deployments behind one
+    # URL never validate each other's prices.
+    seed = get_state().settings.price_seed
+    digest = hashlib.blake2b(f"{seed}\x00{subject}".encode(), digest_size=6).hexdigest()
+    return f"{tick}-{digest}"
+
+
+def _known_symbol(raw: str) -> str:
+    state = get_state()
+    symbol = raw.strip().upper()
+    if not SYMBOL_PATTERN.match(symbol):
+        raise ApiError(
+            400,
+            "invalid_symbol",
+            "A symbol is 1-10 letters or digits, such as BTC.",
+            valid_symbols=list(state.feed.symbols),
+        )
+    if symbol not in state.settings.symbols:
+        raise ApiError(
+            404,
+            "unknown_symbol",
+            f"Unknown symbol {symbol}; valid symbols: {', '.join(state.feed.symbols)}.",
+            valid_symbols=list(state.feed.symbols),
+        )
+    return symbol
+
+
+def _symbol_list(raw: str) -> list[str]:
+    items = raw.split(",")
+    if len(items) > MAX_BATCH_SYMBOLS:
+        raise ApiError(
+            400,
+            "too_many_symbols",
+            f"At most {MAX_BATCH_SYMBOLS} symbols may be asked for at once.",
+        )
+    # dict.fromkeys: drop repeats, keep the caller's order.
+    return list(dict.fromkeys(_known_symbol(item) for item in items))
+
+
+def _history_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_HISTORY_LIMIT
+    if not (len(raw) <= 6 and raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= HISTORY_MAX:
+        raise ApiError(
+            400,
+            "invalid_limit",
+            f"limit must be a whole number from 1 to {HISTORY_MAX}.",
+        )
+    return int(raw)

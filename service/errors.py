@@ -1,0 +1,66 @@
+"""JSON errors: every failure is ``{"error": "<code>", "message": "..."}`` with its status.
+
+Never an HTML page and never a traceback: HTTP errors keep their status and headers
+(``Allow`` on 405, ``Retry-After`` on 503) and get a JSON body; anything unexpected is
+logged with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flask
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+# Codes whose werkzeug names are vaguer than what a client should branch on.
+ERROR_CODES = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
+
+
+class ApiError(HTTPException):
+    """An error the API raises on purpose, with a stable machine-readable code."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: object) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.error = error
+        self.extra = extra
+
+
+def error_code(exc: HTTPException) -> str:
+    if isinstance(exc, ApiError):
+        return exc.error
+    code = exc.code or 500
+    if code in ERROR_CODES:
+        return ERROR_CODES[code]
+    return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
+
+
+def error_response(exc: HTTPException) -> flask.Response:
+    body: dict[str, object] = {
+        "error": error_code(exc),
+        "message": exc.description or exc.name,
+    }
+    if isinstance(exc, ApiError):
+        body.update(exc.extra)
+    response = flask.jsonify(body)
+    response.status_code = exc.code or 500
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def unexpected_error(exc: Exception) -> flask.Response:
+    if isinstance(exc, HTTPException):
+        return error_response(exc)
+    log.exception("unhandled error", error=type(exc).__name__)
+    return error_response(InternalServerError(description="Internal server error."))
+
+
+def init_app(app: flask.Flask) -> None:
+    app.register_error_handler(HTTPException, error_response)
+    app.register_error_handler(Exception, unexpected_error)

@@ -1,0 +1,61 @@
+"""The price feed: maps wall-clock time to ticks and serves cached quotes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+from service.prices import PriceModel, Quote
+
+HISTORY_MAX = 1000  # the largest history a client may ask for, in ticks
+
+
+class PriceFeed:
+    """Quotes for the current tick of every symbol, computed once per tick and process."""
+
+    def __init__(
+        self,
+        model: PriceModel,
+        symbols: list[str],
+        tick_seconds: float,
+        on_new_tick: Callable[[Quote], None] | None = None,
+    ) -> None:
+        self.symbols = tuple(symbols)
+        self.tick_seconds = tick_seconds
+        self._on_new_tick = on_new_tick
+        self._latest: dict[str, Quote] = {}
+        # Enough to answer the longest history of every symbol from memory.
+        self._price = lru_cache(maxsize=(HISTORY_MAX + 8) * len(symbols))(model.price)
+
+    def tick_at(self, now: float) -> int:
+        return math.floor(now / self.tick_seconds)
+
+    def quote(self, symbol: str, now: float) -> Quote:
+        tick = self.tick_at(now)
+        latest = self._latest.get(symbol)
+        if latest is not None and latest.tick == tick:
+            return latest
+        quote = self._quote(symbol, tick)
+        if latest is None or tick > latest.tick:
+            # A thread that lost a race to a newer tick must not move the feed back.
+            self._latest[symbol] = quote
+            if self._on_new_tick is not None:
+                self._on_new_tick(quote)
+        return quote
+
+    def history(self, symbol: str, now: float, limit: int) -> list[Quote]:
+        """The last ``limit`` ticks up to and including the current one, oldest first."""
+        if not 1 <= limit <= HISTORY_MAX:
+            raise ValueError(f"limit must be between 1 and {HISTORY_MAX}")
+        current = self.tick_at(now)
+        return [self._quote(symbol, tick) for tick in range(current - limit + 1, current + 1)]
+
+    def _quote(self, symbol: str, tick: int) -> Quote:
+        return Quote(
+            symbol=symbol,
+            price=self._price(symbol, tick),
+            tick=tick,
+            updated_at=round(tick * self.tick_seconds, 6),
+            next_update_at=round((tick + 1) * self.tick_seconds, 6),
+        )

@@ -1,0 +1,88 @@
+"""gunicorn configuration, read from the validated environment.
+
+Used by ``crypto-service`` and usable directly:
+``gunicorn -c python:service.gunicorn_conf``. gthread workers serve each connection on
+a thread with keep-alive; the master owns the Prometheus multiprocess directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from service.config import ConfigError, Settings
+from service.logs import configure_logging, get_logger, logging_config_dict
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except ConfigError as exc:
+        # SystemExit, not an exception gunicorn would print with a traceback.
+        raise SystemExit(f"crypto-service: configuration error: {exc}") from None
+
+
+settings = _load_settings()
+
+wsgi_app = "service.app:create_app()"
+_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+bind = [f"{_host}:{settings.port}"]
+worker_class = "gthread"
+workers = settings.workers
+threads = settings.threads
+keepalive = settings.keepalive
+timeout = settings.timeout
+graceful_timeout = settings.graceful_timeout
+max_requests = settings.max_requests
+max_requests_jitter = settings.max_requests_jitter
+proc_name = "crypto-service"
+control_socket_disable = True  # gunicorn >= 24 would write a socket under $HOME
+accesslog = None  # the app logs each request once, as JSON
+errorlog = "-"
+loglevel = settings.log_level
+logconfig_dict = logging_config_dict(settings.log_format, settings.log_level)
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker exists: prepare the metrics directory."""
+    configure_logging(settings.log_format, settings.log_level)
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="crypto-service-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    # Files left by an earlier run would resurrect its counters: start from zero.
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    described = settings.describe()
+    described["metrics_dir"] = directory
+    get_logger("service.startup").info("starting crypto-service", **described)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Turn readiness off the moment the worker is told to stop."""
+    state = worker.wsgi.extensions["crypto_service"]
+    stop = worker.handle_exit
+
+    def drain_then_stop(signum: int, frame: Any) -> None:
+        state.draining.set()
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, drain_then_stop)
+    signal.siginterrupt(signal.SIGTERM, False)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (in-flight requests) from the merged view."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    sys.stdout.flush()

@@ -1,0 +1,153 @@
+"""Prometheus metrics, correct under gunicorn's many processes.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn's config sets it before any worker
+starts), prometheus-client writes every sample to per-process files and ``/metrics``
+merges them, so a scrape sees the whole pod rather than one worker. Without it (the
+Flask test client, a plain ``flask run``) a private registry holds the samples.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.metrics import MetricWrapperBase
+
+from service.prices import Quote
+from service.version import __version__
+
+# Sized for an API that answers in about a millisecond; the tail reaches gunicorn's timeout.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+UNMATCHED_ROUTE = "unmatched"  # every path that matches no URL rule shares this label value
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_CLASSES = ("api_key", "anonymous")
+POLL_OUTCOMES = ("fresh", "not_modified")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric the service exports, created once per application."""
+
+    def __init__(self, symbols: Iterable[str]) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode the samples live in files, so the metrics join no registry
+        # and the exposition registry reads the files instead.
+        own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by method, matched URL rule and status code.",
+            ["method", "route", "status"],
+            registry=own,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to response, by method and matched URL rule.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.in_flight = Gauge(
+            "http_requests_in_flight",
+            "Requests being handled right now, across the live worker processes.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.rate_limited = Counter(
+            "http_requests_rate_limited",
+            "Requests refused with 429 by the rate limiter, by route and client class.",
+            ["route", "client_class"],
+            registry=own,
+        )
+        self.limiter_storage_errors = Counter(
+            "ratelimit_storage_errors",
+            "Rate limit storage calls that failed (the request was then served or refused "
+            "as RATE_LIMIT_FAIL_OPEN says).",
+            registry=own,
+        )
+        self.price = Gauge(
+            "crypto_price",
+            "Current simulated price, by symbol.",
+            ["symbol"],
+            registry=own,
+            multiprocess_mode="mostrecent",
+        )
+        self.price_tick = Gauge(
+            "crypto_price_tick",
+            "Index of the newest price tick computed (ticks since the unix epoch).",
+            registry=own,
+            multiprocess_mode="max",
+        )
+        self.price_updated = Gauge(
+            "crypto_price_updated_timestamp_seconds",
+            "Unix time at which the newest computed price tick started.",
+            registry=own,
+            multiprocess_mode="max",
+        )
+        self.polls = Counter(
+            "polls",
+            "Successful price polls by symbol and outcome: fresh (body sent) or "
+            "not_modified (304 to a matching If-None-Match).",
+            ["symbol", "outcome"],
+            registry=own,
+        )
+        self.build_info = Gauge(
+            "crypto_service_build_info",
+            "Always 1; labels carry the service version and Python version.",
+            ["version", "python_version"],
+            registry=own,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._exposition = own if own is not None else _multiprocess_registry()
+        # Known series start at zero, so rates and ratios exist before the first event.
+        for symbol in symbols:
+            for outcome in POLL_OUTCOMES:
+                self.polls.labels(symbol, outcome)
+        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
+
+    def start_rate_limit_series(self, routes: Iterable[str]) -> None:
+        for route in routes:
+            for client_class in CLIENT_CLASSES:
+                self.rate_limited.labels(route, client_class)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        key = (method, route, str(status))
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.requests.labels(*key)
+        counter.inc()  # type: ignore[attr-defined]
+        key = (method, route)
+        histogram = self._children.get(key)
+        if histogram is None:
+            histogram = self._children[key] = self.duration.labels(*key)
+        histogram.observe(seconds)  # type: ignore[attr-defined]
+
+    def observe_new_tick(self, quote: Quote) -> None:
+        self.price.labels(quote.symbol).set(quote.price)
+        self.price_tick.set(quote.tick)
+        self.price_updated.set(quote.updated_at)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self._exposition), CONTENT_TYPE_LATEST
+
+
+def _multiprocess_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

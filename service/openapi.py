@@ -1,0 +1,172 @@
+"""The OpenAPI 3 document of every endpoint, precise enough to fuzz the service against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.config import Settings
+from service.feed import HISTORY_MAX
+from service.version import __version__
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "content": {JSON: {"schema": _ref("Error")}},
+    }
+
+
+def _polled(description: str, schema: str) -> dict[str, Any]:
+    """The responses of a rate-limited, conditional price endpoint."""
+    headers = {
+        name: {"$ref": f"#/components/headers/{name}"}
+        for name in ("ETag", "Cache-Control", "X-Request-ID", "RateLimit", "RateLimit-Policy")
+    }
+    return {
+        "200": {"description": description, "headers": headers,
+                "content": {JSON: {"schema": _ref(schema)}}},
+        "304": {"description": "Not modified: the If-None-Match tag is still current.",
+                "headers": headers},
+        "400": _error("Malformed parameter."),
+        "401": _error("Unknown X-API-Key."),
+        "404": _error("Unknown symbol."),
+        "429": {**_error("Rate limit exceeded; retry after Retry-After seconds."),
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}},
+        "500": _error("Injected fault (FAULT_ERROR_RATE) or internal error."),
+        "503": _error("Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false."),
+    }  # fmt: skip
+
+
+def _get(summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
+         secured: bool = False) -> dict[str, Any]:  # fmt: skip
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    params = [{"$ref": "#/components/parameters/X-Request-ID"}, *(parameters or [])]
+    if secured:
+        params.append({"$ref": "#/components/parameters/If-None-Match"})
+        operation["security"] = [{}, {"apiKey": []}]
+    operation["parameters"] = params
+    return {"get": operation}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    symbols = list(settings.symbols)
+    symbol_schema = {"type": "string", "pattern": "^[A-Za-z0-9]{1,10}$", "example": symbols[0]}
+    quote = {
+        "type": "object",
+        "required": ["price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"],
+        "properties": {
+            "price": {"type": "number", "description": "Price rounded to cents."},
+            "timestamp": {"type": "number", "description": "Unix time of the response."},
+            "symbol": {"type": "string", "enum": symbols},
+            "tick": {"type": "integer", "description": "Tick index: floor(unix time / tick)."},
+            "updated_at": {"type": "number", "description": "Unix time the tick started."},
+            "next_update_at": {"type": "number", "description": "Unix time of the next tick."},
+        },
+    }
+    batch_quote = {**quote, "required": [r for r in quote["required"] if r != "timestamp"]}
+    batch_quote["properties"] = {
+        k: v for k, v in quote["properties"].items() if k != "timestamp"
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Crypto price service",
+            "version": __version__,
+            "description": "Simulated prices that change once per tick "
+            f"({settings.price_tick_seconds:g} s), made to be polled.",
+        },
+        "paths": {
+            "/crypto-price": _get(
+                "Current price of one symbol (default: the first configured).",
+                _polled("The current quote.", "Quote"),
+                [{"name": "symbol", "in": "query", "required": False, "schema": symbol_schema}],
+                secured=True,
+            ),
+            "/v1/prices": _get(
+                "Current prices of all or some symbols.",
+                _polled("The current quotes.", "Prices"),
+                [{"name": "symbols", "in": "query", "required": False,
+                  "description": "Comma-separated symbols.",
+                  "schema": {"type": "string", "example": ",".join(symbols[:2])}}],
+                secured=True,
+            ),  # fmt: skip
+            "/v1/prices/{symbol}/history": _get(
+                "The last N ticks of one symbol, oldest first.",
+                _polled("The history.", "History"),
+                [{"name": "symbol", "in": "path", "required": True, "schema": symbol_schema},
+                 {"name": "limit", "in": "query", "required": False,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX,
+                             "default": 10}}],
+                secured=True,
+            ),  # fmt: skip
+            "/healthz": _get("Liveness.", {"200": {"description": "Alive.",
+                             "content": {JSON: {"schema": _ref("Status")}}}}),  # fmt: skip
+            "/readyz": _get("Readiness: 503 while draining on shutdown.", {
+                "200": {"description": "Ready.", "content": {JSON: {"schema": _ref("Status")}}},
+                "503": _error("Draining."),
+            }),  # fmt: skip
+            "/metrics": _get("Prometheus metrics.", {"200": {"description": "Exposition.",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}}),  # fmt: skip
+            "/openapi.json": _get("This document.", {"200": {"description": "OpenAPI 3.",
+                                  "content": {JSON: {"schema": {"type": "object"}}}}}),  # fmt: skip
+        },
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "parameters": {
+                "X-Request-ID": {"name": "X-Request-ID", "in": "header", "required": False,
+                                 "schema": {"type": "string"}},
+                "If-None-Match": {"name": "If-None-Match", "in": "header", "required": False,
+                                  "schema": {"type": "string"}},
+            },  # fmt: skip
+            "headers": {
+                "X-Request-ID": {"schema": {"type": "string"}},
+                "ETag": {"schema": {"type": "string"}},
+                "Cache-Control": {"schema": {"type": "string", "pattern": "^max-age=\\d+$"}},
+                "RateLimit": {"schema": {"type": "string"}},
+                "RateLimit-Policy": {"schema": {"type": "string"}},
+            },
+            "schemas": {
+                "Quote": quote,
+                "BatchQuote": batch_quote,
+                "Prices": {
+                    "type": "object",
+                    "required": ["prices", "timestamp"],
+                    "properties": {
+                        "prices": {"type": "array", "items": _ref("BatchQuote")},
+                        "timestamp": {"type": "number"},
+                    },
+                },
+                "History": {
+                    "type": "object",
+                    "required": ["symbol", "prices", "timestamp"],
+                    "properties": {
+                        "symbol": {"type": "string", "enum": symbols},
+                        "prices": {"type": "array", "items": {
+                            "type": "object", "required": ["price", "tick", "updated_at"],
+                            "properties": {"price": {"type": "number"},
+                                           "tick": {"type": "integer"},
+                                           "updated_at": {"type": "number"}}}},
+                        "timestamp": {"type": "number"},
+                    },
+                },  # fmt: skip
+                "Status": {"type": "object", "required": ["status"],
+                           "properties": {"status": {"type": "string"}}},  # fmt: skip
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "valid_symbols": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }

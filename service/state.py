@@ -1,0 +1,32 @@
+"""What one application instance holds: built once by ``create_app``, read by the views."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import flask
+
+from service.config import Settings
+from service.feed import PriceFeed
+from service.limiting import RateLimiting
+from service.metrics import Metrics
+
+EXTENSION = "crypto_service"
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    feed: PriceFeed
+    metrics: Metrics
+    limiting: RateLimiting
+    # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
+    # the requests in flight finish.
+    draining: threading.Event = field(default_factory=threading.Event)
+
+
+def get_state(app: flask.Flask | None = None) -> ServiceState:
+    app = app or flask.current_app
+    state: ServiceState = app.extensions[EXTENSION]
+    return state

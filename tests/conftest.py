@@ -1,0 +1,41 @@
+"""Shared fixtures: applications built from an environment mapping, as in production."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import flask
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+
+AppFactory = Callable[..., flask.Flask]
+
+
+@pytest.fixture(autouse=True)
+def _single_process_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Unit tests use the in-process registry; integration tests set the variable themselves
+    # in the child's environment only.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    yield
+
+
+@pytest.fixture
+def make_app() -> AppFactory:
+    """``make_app(RATE_LIMIT="5/minute", ...)``: an app configured like the environment says."""
+
+    def factory(**env: str) -> flask.Flask:
+        return create_app(Settings.from_env({"LOG_LEVEL": "warning", **env}))
+
+    return factory
+
+
+@pytest.fixture
+def client(make_app: AppFactory) -> flask.testing.FlaskClient:
+    return make_app().test_client()
+
+
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
