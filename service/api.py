@@ -101,10 +101,7 @@ def _conditional(
     state = get_state()
     next_update_at = quotes[0].next_update_at
     not_modified = flask.request.if_none_match.contains_weak(tag)
-    if not_modified:
-        response = flask.Response(status=304)
-    else:
-        response = flask.jsonify(body())
+    response = flask.Response(status=304) if not_modified else flask.jsonify(body())
     response.set_etag(tag)
     response.headers["Cache-Control"] = f"max-age={max(0, math.floor(next_update_at - now))}"
     outcome = "not_modified" if not_modified else "fresh"

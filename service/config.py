@@ -231,7 +231,9 @@ def _parse_limit(raw: str, name: str) -> str:
     except ValueError:
         items = []
     if len(items) != 1:
-        raise ConfigError(name, f"expected one rate such as '120/minute' or '10 per second', got {raw!r}")
+        raise ConfigError(
+            name, f"expected one rate such as '120/minute' or '10 per second', got {raw!r}"
+        )
     return raw
 
 

@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import flask
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RouteLimit
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
@@ -63,7 +64,7 @@ class RateLimiting:
         self._metrics = metrics
         self._keys: dict[bytes, ApiKey] = {key.digest: key for key in settings.api_keys}
         # wrap_exceptions: every storage failure arrives as limits' StorageError.
-        options: dict[str, object] = {"wrap_exceptions": True}
+        options: dict[str, Any] = {"wrap_exceptions": True}
         if settings.shared_limit_storage:
             options["socket_timeout"] = STORAGE_TIMEOUT_SECONDS
             options["socket_connect_timeout"] = STORAGE_TIMEOUT_SECONDS
@@ -95,7 +96,7 @@ class RateLimiting:
         app.register_error_handler(StorageError, self._refuse_without_storage)
         self.limiter.init_app(app)
 
-    def limit_shared(self):  # type: ignore[no-untyped-def]
+    def limit_shared(self) -> RouteLimit:
         """The decorator every price endpoint carries."""
         return self.limiter.shared_limit(lambda: current_client().limit, scope=API_SCOPE)
 

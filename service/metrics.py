@@ -28,8 +28,22 @@ from service.version import __version__
 
 # Sized for an API that answers in about a millisecond; the tail reaches gunicorn's timeout.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 UNMATCHED_ROUTE = "unmatched"  # every path that matches no URL rule shares this label value
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLASSES = ("api_key", "anonymous")
@@ -132,10 +146,10 @@ class Metrics:
         if counter is None:
             counter = self._children[key] = self.requests.labels(*key)
         counter.inc()  # type: ignore[attr-defined]
-        key = (method, route)
-        histogram = self._children.get(key)
+        histogram_key = (method, route)
+        histogram = self._children.get(histogram_key)
         if histogram is None:
-            histogram = self._children[key] = self.duration.labels(*key)
+            histogram = self._children[histogram_key] = self.duration.labels(*histogram_key)
         histogram.observe(seconds)  # type: ignore[attr-defined]
 
     def observe_new_tick(self, quote: Quote) -> None:

@@ -30,22 +30,33 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
         for name in ("ETag", "Cache-Control", "X-Request-ID", "RateLimit", "RateLimit-Policy")
     }
     return {
-        "200": {"description": description, "headers": headers,
-                "content": {JSON: {"schema": _ref(schema)}}},
-        "304": {"description": "Not modified: the If-None-Match tag is still current.",
-                "headers": headers},
+        "200": {
+            "description": description,
+            "headers": headers,
+            "content": {JSON: {"schema": _ref(schema)}},
+        },
+        "304": {
+            "description": "Not modified: the If-None-Match tag is still current.",
+            "headers": headers,
+        },
         "400": _error("Malformed parameter."),
         "401": _error("Unknown X-API-Key."),
         "404": _error("Unknown symbol."),
-        "429": {**_error("Rate limit exceeded; retry after Retry-After seconds."),
-                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}},
+        "429": {
+            **_error("Rate limit exceeded; retry after Retry-After seconds."),
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        },
         "500": _error("Injected fault (FAULT_ERROR_RATE) or internal error."),
         "503": _error("Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false."),
-    }  # fmt: skip
+    }
 
 
-def _get(summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
-         secured: bool = False) -> dict[str, Any]:  # fmt: skip
+def _get(
+    summary: str,
+    responses: dict[str, Any],
+    parameters: list[Any] | None = None,
+    secured: bool = False,
+) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     params = [{"$ref": "#/components/parameters/X-Request-ID"}, *(parameters or [])]
     if secured:
@@ -58,7 +69,7 @@ def _get(summary: str, responses: dict[str, Any], parameters: list[Any] | None =
 def openapi_document(settings: Settings) -> dict[str, Any]:
     symbols = list(settings.symbols)
     symbol_schema = {"type": "string", "pattern": "^[A-Za-z0-9]{1,10}$", "example": symbols[0]}
-    quote = {
+    quote: dict[str, Any] = {
         "type": "object",
         "required": ["price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"],
         "properties": {
@@ -71,9 +82,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
     }
     batch_quote = {**quote, "required": [r for r in quote["required"] if r != "timestamp"]}
-    batch_quote["properties"] = {
-        k: v for k, v in quote["properties"].items() if k != "timestamp"
-    }
+    batch_quote["properties"] = {k: v for k, v in quote["properties"].items() if k != "timestamp"}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -92,39 +101,82 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/v1/prices": _get(
                 "Current prices of all or some symbols.",
                 _polled("The current quotes.", "Prices"),
-                [{"name": "symbols", "in": "query", "required": False,
-                  "description": "Comma-separated symbols.",
-                  "schema": {"type": "string", "example": ",".join(symbols[:2])}}],
+                [
+                    {
+                        "name": "symbols",
+                        "in": "query",
+                        "required": False,
+                        "description": "Comma-separated symbols.",
+                        "schema": {"type": "string", "example": ",".join(symbols[:2])},
+                    }
+                ],
                 secured=True,
-            ),  # fmt: skip
+            ),
             "/v1/prices/{symbol}/history": _get(
                 "The last N ticks of one symbol, oldest first.",
                 _polled("The history.", "History"),
-                [{"name": "symbol", "in": "path", "required": True, "schema": symbol_schema},
-                 {"name": "limit", "in": "query", "required": False,
-                  "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX,
-                             "default": 10}}],
+                [
+                    {"name": "symbol", "in": "path", "required": True, "schema": symbol_schema},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": HISTORY_MAX,
+                            "default": 10,
+                        },
+                    },
+                ],
                 secured=True,
-            ),  # fmt: skip
-            "/healthz": _get("Liveness.", {"200": {"description": "Alive.",
-                             "content": {JSON: {"schema": _ref("Status")}}}}),  # fmt: skip
-            "/readyz": _get("Readiness: 503 while draining on shutdown.", {
-                "200": {"description": "Ready.", "content": {JSON: {"schema": _ref("Status")}}},
-                "503": _error("Draining."),
-            }),  # fmt: skip
-            "/metrics": _get("Prometheus metrics.", {"200": {"description": "Exposition.",
-                             "content": {"text/plain": {"schema": {"type": "string"}}}}}),  # fmt: skip
-            "/openapi.json": _get("This document.", {"200": {"description": "OpenAPI 3.",
-                                  "content": {JSON: {"schema": {"type": "object"}}}}}),  # fmt: skip
+            ),
+            "/healthz": _get(
+                "Liveness.",
+                {"200": {"description": "Alive.", "content": {JSON: {"schema": _ref("Status")}}}},
+            ),
+            "/readyz": _get(
+                "Readiness: 503 while draining on shutdown.",
+                {
+                    "200": {"description": "Ready.", "content": {JSON: {"schema": _ref("Status")}}},
+                    "503": _error("Draining."),
+                },
+            ),
+            "/metrics": _get(
+                "Prometheus metrics.",
+                {
+                    "200": {
+                        "description": "Exposition.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            ),
+            "/openapi.json": _get(
+                "This document.",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    }
+                },
+            ),
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "parameters": {
-                "X-Request-ID": {"name": "X-Request-ID", "in": "header", "required": False,
-                                 "schema": {"type": "string"}},
-                "If-None-Match": {"name": "If-None-Match", "in": "header", "required": False,
-                                  "schema": {"type": "string"}},
-            },  # fmt: skip
+                "X-Request-ID": {
+                    "name": "X-Request-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+                "If-None-Match": {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+            },
             "headers": {
                 "X-Request-ID": {"schema": {"type": "string"}},
                 "ETag": {"schema": {"type": "string"}},
@@ -148,16 +200,26 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "required": ["symbol", "prices", "timestamp"],
                     "properties": {
                         "symbol": {"type": "string", "enum": symbols},
-                        "prices": {"type": "array", "items": {
-                            "type": "object", "required": ["price", "tick", "updated_at"],
-                            "properties": {"price": {"type": "number"},
-                                           "tick": {"type": "integer"},
-                                           "updated_at": {"type": "number"}}}},
+                        "prices": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["price", "tick", "updated_at"],
+                                "properties": {
+                                    "price": {"type": "number"},
+                                    "tick": {"type": "integer"},
+                                    "updated_at": {"type": "number"},
+                                },
+                            },
+                        },
                         "timestamp": {"type": "number"},
                     },
-                },  # fmt: skip
-                "Status": {"type": "object", "required": ["status"],
-                           "properties": {"status": {"type": "string"}}},  # fmt: skip
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}},
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error", "message"],

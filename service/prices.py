@@ -67,7 +67,8 @@ class PriceModel:
             start = max(first - block * BLOCK, 0)
             stop = min(tick - block * BLOCK + 1, BLOCK)
             window.extend(self._block(symbol, block)[start:stop])
-        return sum(map(mul, self._weights, window))
+        total: float = sum(map(mul, self._weights, window))
+        return total
 
     def exact_price(self, symbol: str, tick: int) -> float:
         """The unrounded price; ``price`` rounds it to cents."""

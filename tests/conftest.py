@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import flask
 import pytest
@@ -15,11 +15,10 @@ AppFactory = Callable[..., flask.Flask]
 
 
 @pytest.fixture(autouse=True)
-def _single_process_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _single_process_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     # Unit tests use the in-process registry; integration tests set the variable themselves
     # in the child's environment only.
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    yield
 
 
 @pytest.fixture

@@ -153,17 +153,23 @@ def test_probes_and_documents(client: flask.testing.FlaskClient, make_app: AppFa
     document = client.get("/openapi.json").get_json()
     validate(document)
     assert set(document["paths"]) == {
-        "/crypto-price", "/v1/prices", "/v1/prices/{symbol}/history",
-        "/healthz", "/readyz", "/metrics", "/openapi.json",
-    }  # fmt: skip
+        "/crypto-price",
+        "/v1/prices",
+        "/v1/prices/{symbol}/history",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
 
 
 def test_request_id_is_echoed_when_sane_and_replaced_otherwise(
     client: flask.testing.FlaskClient,
 ) -> None:
-    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers[
-        "X-Request-ID"
-    ] == "abc-123"
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
+        == "abc-123"
+    )
     replaced = client.get("/healthz", headers={"X-Request-ID": "x" * 5000}).headers["X-Request-ID"]
     assert replaced != "x" * 5000 and len(replaced) == 32
     injected = client.get("/healthz", headers={"X-Request-ID": "a b<script>"})
@@ -202,6 +208,8 @@ def test_unexpected_exceptions_are_a_bare_json_500(make_app: AppFactory) -> None
     app.add_url_rule("/explode", view_func=explode)
     response = app.test_client().get("/explode")
     assert response.status_code == 500
-    assert response.get_json() == {"error": "internal_server_error",
-                                   "message": "Internal server error."}  # fmt: skip
+    assert response.get_json() == {
+        "error": "internal_server_error",
+        "message": "Internal server error.",
+    }
     assert "secret" not in response.get_data(as_text=True)

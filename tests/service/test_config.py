@@ -61,8 +61,11 @@ def test_many_workers_with_per_process_storage_are_refused() -> None:
 def test_api_keys_carry_their_own_limits_and_never_show_in_the_description() -> None:
     secret = "k" * 20
     settings = Settings.from_env(
-        {"API_KEYS": f"{secret}=600/minute, {'z' * 16}", "RATE_LIMIT": "7/minute",
-         "RATE_LIMIT_STORAGE_URI": "redis://:hunter2@redis:6379/0"}  # fmt: skip
+        {
+            "API_KEYS": f"{secret}=600/minute, {'z' * 16}",
+            "RATE_LIMIT": "7/minute",
+            "RATE_LIMIT_STORAGE_URI": "redis://:hunter2@redis:6379/0",
+        }
     )
     assert [k.limit for k in settings.api_keys] == ["600/minute", "7/minute"]
     described = repr(settings.describe()) + repr(settings)

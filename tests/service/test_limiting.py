@@ -13,7 +13,7 @@ OTHER_KEY = "other-key-0123456789abcdef"
 
 
 def _statuses(client: flask.testing.FlaskClient, n: int, **kwargs: object) -> list[int]:
-    return [client.get("/crypto-price", **kwargs).status_code for _ in range(n)]  # type: ignore[arg-type]
+    return [client.get("/crypto-price", **kwargs).status_code for _ in range(n)]
 
 
 def test_limit_admits_exactly_n_then_429_with_json_and_headers(make_app: AppFactory) -> None:
@@ -68,8 +68,14 @@ def test_forged_forwarded_for_changes_nothing_without_trusted_proxies(
 def test_trusted_proxy_hop_identifies_the_client(make_app: AppFactory) -> None:
     client = make_app(RATE_LIMIT="1/minute", TRUSTED_PROXIES="1").test_client()
     # The one trusted proxy appends the address it saw; anything before it is the client's claim.
-    assert client.get("/crypto-price", headers={"X-Forwarded-For": "1.1.1.1, 2.2.2.2"}).status_code == 200
-    assert client.get("/crypto-price", headers={"X-Forwarded-For": "9.9.9.9, 2.2.2.2"}).status_code == 429
+    assert (
+        client.get("/crypto-price", headers={"X-Forwarded-For": "1.1.1.1, 2.2.2.2"}).status_code
+        == 200
+    )
+    assert (
+        client.get("/crypto-price", headers={"X-Forwarded-For": "9.9.9.9, 2.2.2.2"}).status_code
+        == 429
+    )
     assert client.get("/crypto-price", headers={"X-Forwarded-For": "3.3.3.3"}).status_code == 200
 
 
@@ -86,7 +92,9 @@ def test_api_keys_have_their_own_budgets_and_unknown_keys_get_401(
     assert unknown.status_code == 401 and unknown.get_json()["error"] == "unauthorized"
     text = client.get("/metrics").get_data(as_text=True)
     assert KEY not in text and OTHER_KEY not in text
-    assert 'http_requests_rate_limited_total{client_class="api_key",route="/crypto-price"} 3.0' in text
+    assert (
+        'http_requests_rate_limited_total{client_class="api_key",route="/crypto-price"} 3.0' in text
+    )
 
 
 def _closed_port() -> int:

@@ -1,0 +1,192 @@
+"""Real processes on free loopback ports: redis-server and the service under gunicorn.
+
+A missing binary skips its tests, unless REQUIRE_INTEGRATION=1 (set by .ci/run), which
+turns the skip into a failure so CI cannot pass without really running them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+HOST = "127.0.0.1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install {name})"
+        if os.environ.get("REQUIRE_INTEGRATION") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def uri(self) -> str:
+        return f"redis://{HOST}:{self.port}"
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis(host=HOST, port=self.port).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    binary = require_binary("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, process)
+
+    def answers() -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(answers, 10, "redis-server")
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_storage(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied so each test starts with fresh counters."""
+    redis_server.flush()
+    return redis_server
+
+
+class Service:
+    """``crypto-service`` running under gunicorn, as a user would start it."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.port = int(env["PORT"])
+        self.url = f"http://{HOST}:{self.port}"
+        self.metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        self.log_path = workdir / "service.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "crypto-service")],
+            env=env,
+            cwd=workdir,  # it must not depend on being started from the repository
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"service exited early:\n{self.logs()}")
+            try:
+                return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, timeout, "the service to become ready")
+
+    def logs(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of a fresh scrape (0 when absent)."""
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        if not self._log.closed:
+            self._log.close()
+        return code
+
+
+ServiceFactory = Callable[..., Service]
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[ServiceFactory]:
+    """``start_service(WORKERS="3", ...)``: a ready service with that environment."""
+    started: list[Service] = []
+
+    def start(wait: bool = True, **env: str) -> Service:
+        workdir = tmp_path / f"service-{len(started)}"
+        workdir.mkdir()
+        full_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOST": HOST,
+            "PORT": str(free_port()),
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+            "GRACEFUL_TIMEOUT": "10",
+            **env,
+        }
+        service = Service(full_env, workdir)
+        started.append(service)
+        if wait:
+            service.wait_ready()
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

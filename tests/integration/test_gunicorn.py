@@ -1,0 +1,214 @@
+"""The service under real gunicorn: consistency across workers, exact metrics and limits,
+graceful shutdown, and start-up validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.integration.conftest import RedisServer, ServiceFactory, free_port, require_binary
+
+SECRET_KEY = "integration-key-0123456789"
+
+
+def fresh_get(url: str, **kwargs: object) -> requests.Response:
+    """One request on its own connection, so gunicorn may hand it to any worker."""
+    with requests.Session() as session:
+        return session.get(url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def worker_pids_that_served(metrics_dir: Path) -> set[str]:
+    return {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}
+
+
+def test_every_worker_serves_the_same_price_for_the_same_tick(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    service = start_service(
+        WORKERS="3",
+        RATE_LIMIT_STORAGE_URI=redis_storage.uri,
+        RATE_LIMIT="100000/minute",
+        PRICE_TICK_SECONDS="0.2",
+    )
+    url = f"{service.url}/crypto-price?symbol=ETH"
+    bodies: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 1.5  # several ticks, so boundaries are crossed too
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        while time.monotonic() < deadline or len(bodies) < 30:
+            bodies += [r.json() for r in pool.map(lambda _: fresh_get(url), range(12))]
+    prices_by_tick: dict[int, set[float]] = defaultdict(set)
+    for body in bodies:
+        prices_by_tick[body["tick"]].add(body["price"])
+    assert all(len(prices) == 1 for prices in prices_by_tick.values()), prices_by_tick
+    assert len(prices_by_tick) >= 2, "the run should span several ticks"
+    assert len(worker_pids_that_served(service.metrics_dir)) >= 2, "only one worker answered"
+
+
+def test_metrics_count_exactly_the_requests_made_across_workers(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    service = start_service(
+        WORKERS="3", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="100000/minute"
+    )
+    paths = ["/crypto-price"] * 40 + ["/v1/prices?symbols=BTC,SOL"] * 7 + ["/x"] * 5
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = Counter(
+            r.status_code for r in pool.map(lambda p: fresh_get(service.url + p), paths)
+        )
+    assert statuses == {200: 47, 404: 5}
+    assert len(worker_pids_that_served(service.metrics_dir)) >= 2
+    count = service.metric
+    assert count("http_requests_total", route="/crypto-price", status="200") == 40
+    assert count("http_requests_total", route="/v1/prices", status="200") == 7
+    assert count("http_requests_total", route="unmatched", status="404") == 5
+    assert count("http_request_duration_seconds_count", route="/crypto-price") == 40
+    assert count("polls_total", symbol="BTC", outcome="fresh") == 47
+    assert count("polls_total", symbol="SOL", outcome="fresh") == 7
+    assert count("http_requests_in_flight") == 1  # the scrape itself
+
+
+def test_redis_limit_admits_exactly_n_across_three_workers(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    service = start_service(
+        WORKERS="3", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="10/minute"
+    )
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(lambda _: fresh_get(f"{service.url}/crypto-price"), range(30)))
+    assert Counter(r.status_code for r in responses) == {200: 10, 429: 20}
+    assert len(worker_pids_that_served(service.metrics_dir)) >= 2
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (
+        service.metric(
+            "http_requests_rate_limited_total", route="/crypto-price", client_class="anonymous"
+        )
+        == 20
+    )
+
+
+def test_defaults_alone_start_one_process_that_enforces_the_limit_exactly(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service()  # only HOST, PORT and the metrics directory are set
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = Counter(
+            r.status_code
+            for r in pool.map(lambda _: fresh_get(f"{service.url}/crypto-price"), range(130))
+        )
+    assert statuses == {200: 120, 429: 10}
+
+
+def test_logs_are_one_json_line_per_request_without_secrets(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(API_KEYS=SECRET_KEY)
+    fresh_get(
+        f"{service.url}/crypto-price", headers={"X-API-Key": SECRET_KEY, "X-Request-ID": "trace-1"}
+    )
+    fresh_get(f"{service.url}/crypto-price", headers={"X-API-Key": "wrong-key-0000000000"})
+    service.stop()
+    lines = [json.loads(line) for line in service.logs().splitlines()]  # every line is JSON
+    requests_logged = [
+        line for line in lines if line["event"] == "request" and line["route"] == "/crypto-price"
+    ]
+    assert [r["status"] for r in requests_logged] == [200, 401]
+    first = requests_logged[0]
+    assert first["request_id"] == "trace-1" and first["client"].startswith("key-")
+    assert {"timestamp", "level", "method", "path", "duration_ms", "rate_limited"} <= set(first)
+    assert first["timestamp"].endswith("Z")
+    startup = [line for line in lines if line["event"] == "starting crypto-service"]
+    assert len(startup) == 1 and startup[0]["workers"] == 1
+    assert any(line.get("logger") == "gunicorn.error" for line in lines)
+    assert SECRET_KEY not in service.logs()
+
+
+def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_zero(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(FAULT_LATENCY_MS="1500", THREADS="4")
+    results: dict[str, object] = {}
+    keepalive = requests.Session()
+    assert keepalive.get(f"{service.url}/readyz", timeout=5).status_code == 200
+
+    def slow_poll() -> None:
+        results["slow"] = fresh_get(f"{service.url}/crypto-price").status_code
+
+    poller = threading.Thread(target=slow_poll)
+    poller.start()
+    time.sleep(0.5)  # the slow request is in flight
+    started = time.monotonic()
+    service.process.send_signal(15)
+    time.sleep(0.2)
+    try:
+        results["ready"] = keepalive.get(f"{service.url}/readyz", timeout=5).status_code
+    except requests.ConnectionError:
+        results["ready"] = "refused"
+    poller.join(timeout=15)
+    code = service.process.wait(timeout=15)
+    assert results["slow"] == 200
+    assert results["ready"] == 503  # a kept-alive connection is answered "draining"
+    assert code == 0
+    assert time.monotonic() - started < 10
+
+
+def run_service_expecting_failure(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = str(Path(sys.executable).parent / "crypto-service")
+    return subprocess.run(
+        [script],
+        env={"PATH": "/usr/bin:/bin", "PORT": str(free_port()), **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_bad_configuration_stops_with_one_line_naming_the_variable() -> None:
+    for env, variable in (
+        ({"PORT": "not-a-port"}, "PORT"),
+        ({"WORKERS": "3"}, "WORKERS"),
+        ({"RATE_LIMIT": "whenever"}, "RATE_LIMIT"),
+    ):
+        result = run_service_expecting_failure(env)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"crypto-service: configuration error: {variable}:"
+        )
+
+
+def test_live_scrape_passes_promtool_check_metrics(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    promtool = require_binary("promtool")
+    service = start_service(
+        WORKERS="2", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="3/minute"
+    )
+    first = fresh_get(f"{service.url}/crypto-price")
+    fresh_get(f"{service.url}/crypto-price", headers={"If-None-Match": first.headers["ETag"]})
+    for path in ("/v1/prices", "/v1/prices/BTC/history", "/nope"):
+        fresh_get(service.url + path)
+    scrape = fresh_get(f"{service.url}/metrics")
+    assert scrape.headers["Content-Type"].startswith("text/plain")
+    for family in ("http_requests_total", "http_requests_rate_limited_total", "polls_total"):
+        assert f"\n{family}{{" in scrape.text
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=scrape.text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
