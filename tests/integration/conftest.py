@@ -139,15 +139,14 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample of a fresh scrape (0 when absent)."""
+        """The sum of the samples matching ``labels`` in a fresh scrape (0 when none)."""
         text = requests.get(f"{self.url}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return 0.0
+        return sum(
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
