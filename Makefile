@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint clean
+.PHONY: install run test test-unit lint dashboard clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Regenerate the Grafana dashboard JSON from grafana/dashboard.py.
+dashboard: install
+	$(BIN)/python -m grafana.dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

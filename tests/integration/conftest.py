@@ -6,6 +6,7 @@ turns the skip into a failure so CI cannot pass without really running them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -189,3 +191,78 @@ def start_service(tmp_path: Path) -> Iterator[ServiceFactory]:
     yield start
     for service in started:
         service.stop()
+
+
+class Prometheus:
+    """Debian's prometheus binary on a free port, scraping what the test says every second."""
+
+    def __init__(
+        self, workdir: Path, targets: dict[str, list[str]], rule_files: list[Path]
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        jobs = "\n".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(addresses)}"
+            for job, addresses in targets.items()
+        )
+        rules = "\n".join(f"  - {path}" for path in rule_files)
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n{rules}\nscrape_configs:\n{jobs}\n"
+        )
+        self._log = (workdir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                require_binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address={HOST}:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError("prometheus exited: see prometheus.log")
+            try:
+                return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, 30, "prometheus to become ready")
+
+    def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+        answer = requests.get(
+            f"{self.url}/api/v1/query", params={"query": expr, "time": str(at)}, timeout=10
+        ).json()
+        assert answer["status"] == "success", (expr, answer)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(targets: dict[str, list[str]], rule_files: list[Path] | None = None) -> Prometheus:
+        workdir = tmp_path / f"prometheus-{len(started)}"
+        workdir.mkdir()
+        prometheus = Prometheus(workdir, targets, rule_files or [])
+        started.append(prometheus)
+        return prometheus
+
+    yield start
+    for prometheus in started:
+        prometheus.stop()
