@@ -149,7 +149,7 @@ def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 @option(
     "--max-attempts",
     type=click.IntRange(1, 1000),
-    default=6,
+    default=10,
     show_default=True,
     help="Attempts per poll, the first included.",
 )

@@ -36,7 +36,7 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 6  # attempts per poll, the first included
+    max_attempts: int = 10  # attempts per poll, the first included
     max_wait: float = 30.0  # seconds a poll may spend retrying
     base: float = 0.5  # the first backoff is drawn from [0, base]
     cap: float = 8.0  # no single backoff is drawn from a wider range than [0, cap]
