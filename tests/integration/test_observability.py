@@ -177,5 +177,9 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
         for s in answered["Polls per price change, by symbol/A"]
     }
     assert per_change["BTC"] > per_change["SOL"] >= 0
-    # The recording rules evaluate against the same data.
-    assert prometheus.query("job_route_status:http_requests:rate5m", at)
+    # The recording rules evaluate against the same data (their group runs every 30 s).
+    wait_until(
+        lambda: bool(prometheus.query("job_route_status:http_requests:rate5m", time.time())),
+        45,
+        "the recording rules to evaluate",
+    )

@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# crypto-service image: the service and the crypto-poll client, non-root, ready for a
+# read-only root filesystem (metrics and temp files go to /tmp, a tmpfs or emptyDir).
+
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY client ./client
+# A wheel-only install into a venv that the final stage copies whole.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir /src
+
+FROM python:3.11.11-slim-bookworm
+LABEL org.opencontainers.image.title="crypto-service" \
+      org.opencontainers.image.description="Simulated crypto price API made to be polled" \
+      org.opencontainers.image.licenses="MIT"
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/crypto-service-metrics
+USER 10001:10001
+EXPOSE 5000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["crypto-service"]
