@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install run test test-unit lint dashboard clean
+.PHONY: install tools run test test-unit validate lint dashboard manifests clean
 
 install: $(STAMP)
 
@@ -15,14 +17,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Validators for the deploy artefacts (checkov, hadolint, kubernetes-validate,
+# check-jsonschema), in their own venv.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
 run: install
 	$(BIN)/crypto-service
 
-test: install
+test: install tools
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest -m "not integration"
+
+# Only the deploy validations (Dockerfile, manifests, compose, workflows).
+validate: install tools
+	$(BIN)/pytest tests/deploy
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,5 +49,9 @@ lint: install
 dashboard: install
 	$(BIN)/python -m grafana.dashboard
 
+# Regenerate the Kubernetes PrometheusRule from deploy/prometheus/rules.
+manifests: install
+	$(BIN)/python -m deploy.prometheusrule
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
