@@ -31,7 +31,7 @@ settings = _load_settings()
 wsgi_app = "service.app:create_app()"
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
 bind = [f"{_host}:{settings.port}"]
-worker_class = "gthread"
+worker_class = "service.workers.JsonErrorThreadWorker"  # gthread, with JSON error pages
 workers = settings.workers
 threads = settings.threads
 keepalive = settings.keepalive
@@ -78,10 +78,11 @@ def post_worker_init(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges (in-flight requests) from the merged view."""
-    from prometheus_client import multiprocess
+    """Fold a dead worker's metrics into the master's archive and delete its files, so
+    recycled or crashed workers neither lose counts nor slow every scrape down."""
+    from service.metrics_archive import archive_dead_worker
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    archive_dead_worker(os.environ["PROMETHEUS_MULTIPROC_DIR"], worker.pid)
 
 
 def on_exit(server: Any) -> None:

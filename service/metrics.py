@@ -20,9 +20,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
+from service.metrics_archive import ArchiveAwareCollector
 from service.prices import Quote
 from service.version import __version__
 
@@ -163,5 +163,5 @@ class Metrics:
 
 def _multiprocess_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
-    prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    ArchiveAwareCollector(registry, multiprocess_dir() or "")
     return registry

@@ -107,7 +107,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Comma-separated symbols.",
-                        "schema": {"type": "string", "example": ",".join(symbols[:2])},
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9]{1,10}(,[A-Za-z0-9]{1,10}){0,49}$",
+                            "example": ",".join(symbols[:2]),
+                        },
                     }
                 ],
                 secured=True,

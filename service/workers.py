@@ -1,0 +1,54 @@
+"""gunicorn's gthread worker, answering its own errors in JSON.
+
+gunicorn answers requests it cannot parse (an over-long request line, too many or too
+large headers, a malformed method...) before the app sees them, with an HTML page. The
+worker's ``handle_error`` hook is where that happens; this worker lets gunicorn classify
+the error and log it as usual, and only rewrites the page it sends into the service's
+JSON error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+
+
+def json_error_response(status: int, reason: str) -> bytes:
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
+    body = json.dumps({"error": code, "message": reason}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class _JsonErrorSocket:
+    """Passes everything through to the client socket, except gunicorn's HTML error page,
+    which it replaces with the JSON equivalent (same status)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        match = _STATUS_LINE.match(data)
+        if match and b"Content-Type: text/html" in data.split(b"\r\n\r\n", 1)[0]:
+            data = json_error_response(int(match.group(1)), match.group(2).decode("latin-1"))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class JsonErrorThreadWorker(ThreadWorker):  # type: ignore[misc]
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        super().handle_error(req, _JsonErrorSocket(client), addr, exc)

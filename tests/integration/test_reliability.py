@@ -1,0 +1,450 @@
+"""Reliability and security, each proven by doing the bad thing for real against gunicorn:
+fuzzing, bad input, spoofing, cardinality, worker death and recycling, Redis outage,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import (
+    HOST,
+    RedisServer,
+    Service,
+    ServiceFactory,
+    free_port,
+    require_binary,
+    wait_until,
+)
+
+KEY = "reliability-key-0123456789"
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection((HOST, port), timeout=10) as connection:
+        connection.sendall(data)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def assert_json_error(response: requests.Response, status: int) -> None:
+    assert response.status_code == status, (response.status_code, response.text[:200])
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) >= {"error", "message"}
+    assert "Traceback" not in response.text and "<html" not in response.text.lower()
+
+
+def series_count(service: Service) -> int:
+    text = requests.get(f"{service.url}/metrics", timeout=10).text
+    return sum(len(family.samples) for family in text_string_to_metric_families(text))
+
+
+def test_schemathesis_finds_no_5xx_and_no_response_off_the_contract(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(RATE_LIMIT="1000000/minute", API_KEYS=f"{KEY}=1000000/minute")
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [
+            str(schemathesis),
+            "run",
+            f"{service.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "No issues found" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+            + b"\r\n",
+            431,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", 431),
+        (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ],
+    ids=[
+        "request-line-too-long",
+        "too-many-headers",
+        "header-too-large",
+        "bad-method",
+        "bad-version",
+    ],
+)
+def test_gunicorn_own_errors_are_json_too(
+    start_service: ServiceFactory, request_bytes: bytes, status: int
+) -> None:
+    service = start_service()
+    answer = raw_request(service.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert b"Content-Type: application/json" in head
+    assert b"<html" not in answer.lower()
+    import json
+
+    assert set(json.loads(body)) == {"error", "message"}
+
+
+def test_bad_inputs_get_a_json_4xx_each_and_the_service_keeps_answering(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(RATE_LIMIT="1000000/minute")
+    url = service.url
+    cases: list[tuple[str, str, dict[str, str], int]] = [
+        ("GET", "/crypto-price?symbol=NOPE", {}, 404),
+        ("GET", "/crypto-price?symbol=%00%01", {}, 400),
+        ("GET", "/crypto-price?symbol=" + "B" * 3000, {}, 400),
+        ("GET", "/v1/prices?symbols=" + ",".join(["BTC"] * 300), {}, 400),
+        ("GET", "/v1/prices?symbols=" + ",".join(f"S{i}" for i in range(40)), {}, 404),
+        ("GET", "/v1/prices?x=" + "q" * 3900, {}, 200),
+        ("GET", "/crypto-price%FF%FE", {}, 404),
+        ("GET", "/%C0%AF%C0%AF/..%2F..%2Fetc%2Fpasswd", {}, 404),
+        ("GET", "/v1/prices/BTC/history?limit=-5", {}, 400),
+        ("GET", "/v1/prices/BTC/history?limit=1e3", {}, 400),
+        ("GET", "/v1/prices/BTC/history?limit=99999999999999999999", {}, 400),
+        ("POST", "/crypto-price", {}, 405),
+        ("DELETE", "/v1/prices", {}, 405),
+        ("PUT", "/metrics", {}, 405),
+        ("GET", "/crypto-price", {"If-None-Match": '"*", W/, ,,"' + "x" * 7000}, 200),
+        ("GET", "/crypto-price", {"If-None-Match": '"\x7f\x01"'}, 400),  # gunicorn refuses
+        ("GET", "/crypto-price", {"X-API-Key": "k" * 6000}, 401),
+    ]
+    for method, path, headers, status in cases:
+        response = requests.request(method, url + path, headers=headers, timeout=10)
+        if status == 200:
+            assert response.status_code == 200, path
+            continue
+        assert_json_error(response, status)
+    long_id = requests.get(f"{url}/crypto-price", headers={"X-Request-ID": "r" * 5000}, timeout=10)
+    assert long_id.status_code == 200
+    assert (
+        long_id.headers["X-Request-ID"] != "r" * 5000 and len(long_id.headers["X-Request-ID"]) == 32
+    )
+    assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
+    assert service.metric("http_requests_total", status="500") == 0
+
+
+def test_forged_forwarded_for_buys_no_quota_and_a_trusted_hop_is_used(
+    start_service: ServiceFactory,
+) -> None:
+    untrusted = start_service(RATE_LIMIT="5/minute")
+    statuses = Counter(
+        requests.get(
+            f"{untrusted.url}/crypto-price",
+            timeout=5,
+            headers={"X-Forwarded-For": f"203.0.113.{i}"},
+        ).status_code
+        for i in range(20)
+    )
+    assert statuses == {200: 5, 429: 15}
+
+    trusted = start_service(RATE_LIMIT="2/minute", TRUSTED_PROXIES="1")
+
+    def through_proxy(client_claim: str, proxy_saw: str) -> int:
+        # A client may send any X-Forwarded-For; the one trusted proxy appends what it saw.
+        header = f"{client_claim}, {proxy_saw}" if client_claim else proxy_saw
+        return requests.get(
+            f"{trusted.url}/crypto-price", timeout=5, headers={"X-Forwarded-For": header}
+        ).status_code
+
+    assert [through_proxy("", "198.51.100.1") for _ in range(3)] == [200, 200, 429]
+    # The same real client forging its claim is still the same client.
+    assert through_proxy("10.9.9.9", "198.51.100.1") == 429
+    assert through_proxy("", "198.51.100.2") == 200
+
+
+def test_api_keys_never_reach_logs_or_metrics(start_service: ServiceFactory) -> None:
+    service = start_service(API_KEYS=f"{KEY}=5/minute", RATE_LIMIT="1/minute")
+    for _ in range(7):
+        requests.get(f"{service.url}/crypto-price", headers={"X-API-Key": KEY}, timeout=5)
+    wrong = KEY[:-1] + "X"
+    assert (
+        requests.get(
+            f"{service.url}/crypto-price", headers={"X-API-Key": wrong}, timeout=5
+        ).status_code
+        == 401
+    )
+    metrics = requests.get(f"{service.url}/metrics", timeout=5).text
+    service.stop()
+    for text in (metrics, service.logs()):
+        assert KEY not in text and wrong not in text
+        assert KEY[:12] not in text
+
+
+def test_random_paths_do_not_grow_the_metric_series(start_service: ServiceFactory) -> None:
+    service = start_service(RATE_LIMIT="1000000/minute")
+    session = requests.Session()
+    methods = ["GET", "HEAD", "POST", "BREW", "PURGE"]
+    for method in methods:  # the bounded series an unmatched path may touch, created once
+        session.request(method, f"{service.url}/warm-up", timeout=5)
+    series_count(service)  # and the scrape's own series
+    before = series_count(service)
+    rng = random.Random(5)
+    for _ in range(1000):
+        path = "/" + "".join(
+            rng.choices(string.ascii_letters + string.digits + "/-_.", k=rng.randint(1, 60))
+        )
+        method = rng.choice(methods)
+        session.request(method, service.url + path, timeout=5)
+    assert series_count(service) == before
+
+
+def worker_pids(master: int) -> set[int]:
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return {int(pid) for pid in children.read_text().split()}
+
+
+def test_a_killed_worker_is_replaced_and_the_totals_keep_counting(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    service = start_service(
+        WORKERS="3", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="1000000/minute"
+    )
+    original = worker_pids(service.process.pid)
+    assert len(original) == 3
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                status = requests.get(f"{service.url}/crypto-price", timeout=10).status_code
+                outcomes[str(status)] += 1
+            except requests.RequestException:
+                outcomes["failed"] += 1
+
+    threads = [threading.Thread(target=poll) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    before_kill = service.metric("http_requests_total", route="/crypto-price", status="200")
+    victim = sorted(original)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: (
+            len(worker_pids(service.process.pid)) == 3
+            and victim not in worker_pids(service.process.pid)
+        ),
+        15,
+        "a replacement worker",
+    )
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    counted = service.metric("http_requests_total", route="/crypto-price", status="200")
+    assert outcomes["failed"] <= 4  # at most the requests in flight on the killed worker
+    assert counted >= before_kill  # the dead worker's counts were kept
+    # Every 200 the clients saw was counted; a kill between counting and sending can add
+    # at most the in-flight few.
+    assert outcomes["200"] <= counted <= outcomes["200"] + outcomes["failed"]
+    assert len(list(service.metrics_dir.glob("counter_*.db"))) <= 4  # 3 live + the archive
+
+
+def test_recycled_workers_keep_the_metrics_directory_flat_and_counters_monotonic(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    service = start_service(
+        WORKERS="2",
+        THREADS="4",
+        MAX_REQUESTS="20",
+        MAX_REQUESTS_JITTER="5",
+        RATE_LIMIT_STORAGE_URI=redis_storage.uri,
+        RATE_LIMIT="1000000/minute",
+    )
+    totals: list[float] = []
+    file_counts: list[int] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                totals.append(service.metric("http_requests_total", route="/crypto-price"))
+            except requests.RequestException:
+                continue  # the worker answering this scrape was being recycled
+            file_counts.append(len(list(service.metrics_dir.glob("*.db"))))
+            stop.wait(0.05)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    sent = 0
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(10):
+            results = list(
+                pool.map(
+                    lambda _: requests.get(f"{service.url}/crypto-price", timeout=10).status_code,
+                    range(300),
+                )
+            )
+            assert set(results) == {200}
+            sent += len(results)
+    stop.set()
+    scraper.join()
+    booted = service.logs().count("Booting worker with pid")
+    assert booted >= 100, f"only {booted} workers: too few recycles"
+    assert all(b >= a for a, b in itertools.pairwise(totals)), "a counter went down"
+    assert service.metric("http_requests_total", route="/crypto-price") == sent
+    # At most 5 files per process (2 live workers, 1 replacement booting, the archive),
+    # however many of the 100+ workers came and went: without the archive, 5 per worker.
+    assert max(file_counts) <= 20, max(file_counts)
+    assert len(list(service.metrics_dir.glob("*.db"))) <= 15
+
+
+def test_redis_outage_fails_open_counts_errors_and_limits_return(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    binary = require_binary("redis-server")
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _redis_answers(port), 10, "redis-server")
+        return process
+
+    redis_process = start_redis()
+    service = start_service(
+        WORKERS="2", RATE_LIMIT_STORAGE_URI=f"redis://{HOST}:{port}", RATE_LIMIT="30/minute"
+    )
+    closed = start_service(
+        WORKERS="2",
+        RATE_LIMIT_STORAGE_URI=f"redis://{HOST}:{port}",
+        RATE_LIMIT="30/minute",
+        RATE_LIMIT_FAIL_OPEN="false",
+        API_KEYS=f"{KEY}=1000/minute",
+    )
+    try:
+
+        def get() -> requests.Response:
+            return requests.get(f"{service.url}/crypto-price", timeout=10)
+
+        assert [get().status_code for _ in range(10)] == [200] * 10
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+        during = [get() for _ in range(60)]  # twice the limit: nothing is counted now
+        assert {r.status_code for r in during} == {200}
+        assert (
+            len({r.json()["price"] for r in during if r.json()["tick"] == during[0].json()["tick"]})
+            == 1
+        )
+        assert service.metric("ratelimit_storage_errors_total") >= 60
+        keyed = {"X-API-Key": KEY}  # its own budget in the shared Redis
+        refused = requests.get(f"{closed.url}/crypto-price", headers=keyed, timeout=10)
+        assert_json_error(refused, 503)
+        assert refused.headers["Retry-After"] == "1"
+        redis_process = start_redis()  # empty: the windows start again
+        after = Counter(get().status_code for _ in range(40))
+        assert after == {200: 30, 429: 10}
+        assert (
+            requests.get(f"{closed.url}/crypto-price", headers=keyed, timeout=10).status_code == 200
+        )
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
+def _redis_answers(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_sigterm_with_slow_requests_in_flight_drains_them_all_and_exits_zero(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(FAULT_LATENCY_MS="2000", THREADS="8")
+    keepalive = requests.Session()
+    assert keepalive.get(f"{service.url}/readyz", timeout=5).status_code == 200
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        slow = [
+            pool.submit(requests.get, f"{service.url}/crypto-price", timeout=15) for _ in range(5)
+        ]
+        time.sleep(0.5)
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        readiness = keepalive.get(f"{service.url}/readyz", timeout=5).status_code
+        statuses = [future.result().status_code for future in slow]
+    assert readiness == 503
+    assert statuses == [200] * 5
+    assert service.process.wait(timeout=20) == 0
+
+
+def test_the_client_survives_two_server_restarts_and_counts_them(
+    start_service: ServiceFactory,
+) -> None:
+    import json
+
+    port = str(free_port())
+    service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    client = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "crypto-poll"),
+            "--url",
+            service.url,
+            "--count",
+            "16",
+            "--interval",
+            "0.5",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(2):
+        time.sleep(2.0)
+        assert service.stop() == 0
+        time.sleep(1.5)  # down: the client retries meanwhile
+        service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    stdout, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stderr  # every poll rode out the restarts
+    assert "Traceback" not in stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    summary = next(line for line in lines if line["event"] == "summary")
+    retries = [line for line in lines if line["event"] == "retrying"]
+    assert summary["polls"] == 16 and summary["failures"] == 0
+    assert summary["fresh"] + summary["unchanged"] == 16
+    assert summary["retries"] == len(retries) >= 2
+    assert summary["requests"] == 16 + summary["retries"]
+    assert len(stdout.splitlines()) == summary["fresh"]
