@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-unit validate lint dashboard manifests clean
+.PHONY: install tools run test test-unit validate lint dashboard manifests bench loadtest soak clean
 
 install: $(STAMP)
 
@@ -52,6 +52,25 @@ dashboard: install
 # Regenerate the Kubernetes PrometheusRule from deploy/prometheus/rules.
 manifests: install
 	$(BIN)/python -m deploy.prometheusrule
+
+# The side-by-side benchmark (needs Debian's wrk and redis-server); writes bench/RESULTS.md.
+bench: install
+	$(BIN)/python -m bench.bench
+
+# A locust polling load against URL; summary on stdout, CSV and HTML in loadtest/results/.
+URL ?= http://localhost:5000
+USERS ?= 50
+SPAWN_RATE ?= 10
+DURATION ?= 1m
+loadtest: install
+	mkdir -p loadtest/results
+	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(URL) --users $(USERS) \
+		--spawn-rate $(SPAWN_RATE) --run-time $(DURATION) --only-summary \
+		--csv loadtest/results/run --html loadtest/results/report.html
+
+# 10 minutes at half the measured capacity; memory and file descriptors must stay flat.
+soak: install
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

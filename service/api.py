@@ -8,9 +8,11 @@ Polling etiquette: each answer carries a strong ETag per (symbols, tick) and
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
 import flask
 
@@ -38,10 +40,10 @@ def crypto_price() -> flask.Response:
     now = time.time()
     quote = state.feed.quote(symbol, now)
     return _conditional(
-        tag=_etag(symbol, quote.tick),
-        quotes=[quote],
+        tag=_etag(state.settings.price_seed, symbol, quote.tick),
+        quotes=(quote,),
         now=now,
-        body=lambda: {**_quote_fields(quote), "timestamp": now},
+        body_prefix=lambda: _single_prefix(quote),
     )
 
 
@@ -51,12 +53,12 @@ def prices() -> flask.Response:
     raw = flask.request.args.get("symbols")
     symbols = list(state.feed.symbols) if raw is None else _symbol_list(raw)
     now = time.time()
-    quotes = [state.feed.quote(symbol, now) for symbol in symbols]
+    quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
     return _conditional(
-        tag=_etag(",".join(symbols), quotes[0].tick),
+        tag=_etag(state.settings.price_seed, ",".join(symbols), quotes[0].tick),
         quotes=quotes,
         now=now,
-        body=lambda: {"prices": [_quote_fields(q) for q in quotes], "timestamp": now},
+        body_prefix=lambda: _batch_prefix(quotes),
     )
 
 
@@ -68,16 +70,17 @@ def history(symbol: str) -> flask.Response:
     now = time.time()
     quotes = state.feed.history(symbol, now, limit)
     return _conditional(
-        tag=_etag(f"{symbol}/history/{limit}", quotes[-1].tick),
-        quotes=quotes[-1:],
+        tag=_etag(state.settings.price_seed, f"{symbol}/history/{limit}", quotes[-1].tick),
+        quotes=(quotes[-1],),
         now=now,
-        body=lambda: {
-            "symbol": symbol,
-            "prices": [
-                {"price": q.price, "tick": q.tick, "updated_at": q.updated_at} for q in quotes
-            ],
-            "timestamp": now,
-        },
+        body_prefix=lambda: _json_prefix(
+            {
+                "symbol": symbol,
+                "prices": [
+                    {"price": q.price, "tick": q.tick, "updated_at": q.updated_at} for q in quotes
+                ],
+            }
+        ),
     )
 
 
@@ -91,29 +94,50 @@ def _quote_fields(quote: Quote) -> dict[str, object]:
     }
 
 
+def _json_prefix(fields: dict[str, object]) -> str:
+    """The document without its closing brace: ``"timestamp"`` is appended per response."""
+    return json.dumps(fields, separators=(",", ":"))[:-1] + ',"timestamp":'
+
+
+# Everything but the timestamp is the same for a whole tick: serialised once per tick and
+# process, not once per request.
+@lru_cache(maxsize=64)
+def _single_prefix(quote: Quote) -> str:
+    return _json_prefix(_quote_fields(quote))
+
+
+@lru_cache(maxsize=64)
+def _batch_prefix(quotes: tuple[Quote, ...]) -> str:
+    return _json_prefix({"prices": [_quote_fields(q) for q in quotes]})
+
+
 def _conditional(
     tag: str,
-    quotes: list[Quote],
+    quotes: tuple[Quote, ...],
     now: float,
-    body: Callable[[], dict[str, object]],
+    body_prefix: Callable[[], str],
 ) -> flask.Response:
     """Answer 304 to a matching If-None-Match, else the JSON body; count the polls."""
     state = get_state()
-    next_update_at = quotes[0].next_update_at
     not_modified = flask.request.if_none_match.contains_weak(tag)
-    response = flask.Response(status=304) if not_modified else flask.jsonify(body())
+    if not_modified:
+        response = flask.Response(status=304)
+    else:
+        response = flask.Response(f"{body_prefix()}{now!r}}}", mimetype="application/json")
     response.set_etag(tag)
-    response.headers["Cache-Control"] = f"max-age={max(0, math.floor(next_update_at - now))}"
+    response.headers["Cache-Control"] = (
+        f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"
+    )
     outcome = "not_modified" if not_modified else "fresh"
     for quote in quotes:
-        state.metrics.polls.labels(quote.symbol, outcome).inc()
+        state.metrics.count_poll(quote.symbol, outcome)
     return response
 
 
-def _etag(subject: str, tick: int) -> str:
+@lru_cache(maxsize=1024)
+def _etag(seed: str, subject: str, tick: int) -> str:
     # The seed is part of the tag so that two differently seeded deployments behind one
     # URL never validate each other's prices.
-    seed = get_state().settings.price_seed
     digest = hashlib.blake2b(f"{seed}\x00{subject}".encode(), digest_size=6).hexdigest()
     return f"{tick}-{digest}"
 

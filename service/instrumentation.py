@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import flask
 import structlog
@@ -22,7 +22,7 @@ def start_request() -> None:
     flask.g.started = time.perf_counter()
     supplied = flask.request.headers.get("X-Request-ID", "")
     # A sane ID from a proxy or client is kept so traces join up; anything else is replaced.
-    flask.g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    flask.g.request_id = supplied if REQUEST_ID.match(supplied) else os.urandom(16).hex()
     structlog.contextvars.bind_contextvars(request_id=flask.g.request_id)
     get_state().metrics.in_flight.inc()
 
@@ -35,7 +35,7 @@ def finish_request(response: flask.Response) -> flask.Response:
     status = response.status_code
     client = current_client()
     rate_limited = status == 429
-    response.headers["X-Request-ID"] = flask.g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = flask.g.get("request_id") or os.urandom(16).hex()
     response.headers["X-Content-Type-Options"] = "nosniff"
     state.metrics.observe_request(request.method, route, status, seconds)
     if rate_limited:

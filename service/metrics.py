@@ -152,6 +152,13 @@ class Metrics:
             histogram = self._children[histogram_key] = self.duration.labels(*histogram_key)
         histogram.observe(seconds)  # type: ignore[attr-defined]
 
+    def count_poll(self, symbol: str, outcome: str) -> None:
+        key = ("poll", symbol, outcome)
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.polls.labels(symbol, outcome)
+        counter.inc()  # type: ignore[attr-defined]
+
     def observe_new_tick(self, quote: Quote) -> None:
         self.price.labels(quote.symbol).set(quote.price)
         self.price_tick.set(quote.tick)
