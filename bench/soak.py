@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench import BENCH, BIN, NO_LIMIT, free_port, require, serve, wrk
+from bench.bench import BENCH, BIN, NO_LIMIT, free_port, redis_server, require, serve, wrk
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY = 15
@@ -33,76 +33,55 @@ def children(pid: int) -> list[int]:
 
 def main() -> None:
     require("wrk", "redis-server")
-    with tempfile.TemporaryDirectory(prefix="crypto-soak-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="crypto-soak-") as scratch, redis_server() as redis_uri:
         workdir = Path(scratch)
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
         env = {
             "WORKERS": "2",
             "THREADS": "4",
             "RATE_LIMIT": NO_LIMIT,
-            "RATE_LIMIT_STORAGE_URI": f"redis://127.0.0.1:{redis_port}",
+            "RATE_LIMIT_STORAGE_URI": redis_uri,
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
         }
         port = free_port()
         url = f"http://127.0.0.1:{port}/crypto-price"
-        try:
-            with serve([str(BIN / "crypto-service")], env, port) as master:
-                wrk(url, 2)
-                capacity = wrk(url, 10)["rps"]
-                rate = capacity / 2
-                connections = 16
-                script = workdir / "paced.lua"
-                script.write_text(f"function delay() return {connections * 1000 / rate:.3f} end\n")
-                load = subprocess.Popen(
-                    [
-                        "wrk",
-                        "-t2",
-                        f"-c{connections}",
-                        f"-d{SECONDS}s",
-                        "--latency",
-                        "-s",
-                        str(script),
-                        url,
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
+        with serve([str(BIN / "crypto-service")], env, port) as master:
+            wrk(url, 2)
+            capacity = wrk(url, 10)["rps"]
+            rate = capacity / 2
+            connections = 16
+            script = workdir / "paced.lua"
+            script.write_text(f"function delay() return {connections * 1000 / rate:.3f} end\n")
+            load = subprocess.Popen(
+                [
+                    "wrk",
+                    "-t2",
+                    f"-c{connections}",
+                    f"-d{SECONDS}s",
+                    "--latency",
+                    "-s",
+                    str(script),
+                    url,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            samples: list[dict[str, Any]] = []
+            started = time.monotonic()
+            while load.poll() is None:
+                workers = children(master.pid)
+                figures = [process_figures(pid) for pid in workers]
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - started),
+                        "worker_rss_kib": [f["rss_kib"] for f in figures],
+                        "worker_fds": [f["fds"] for f in figures],
+                        "master": process_figures(master.pid),
+                        "metrics_files": len(list((workdir / "metrics").glob("*.db"))),
+                    }
                 )
-                samples: list[dict[str, Any]] = []
-                started = time.monotonic()
-                while load.poll() is None:
-                    workers = children(master.pid)
-                    figures = [process_figures(pid) for pid in workers]
-                    samples.append(
-                        {
-                            "t": round(time.monotonic() - started),
-                            "worker_rss_kib": [f["rss_kib"] for f in figures],
-                            "worker_fds": [f["fds"] for f in figures],
-                            "master": process_figures(master.pid),
-                            "metrics_files": len(list((workdir / "metrics").glob("*.db"))),
-                        }
-                    )
-                    print(samples[-1], flush=True)
-                    time.sleep(SAMPLE_EVERY)
-                output = load.stdout.read() if load.stdout else ""
-        finally:
-            redis.terminate()
-            redis.wait()
+                print(samples[-1], flush=True)
+                time.sleep(SAMPLE_EVERY)
+            output = load.stdout.read() if load.stdout else ""
     achieved = float(output.split("Requests/sec:")[1].split()[0])
     steady = [s for s in samples if s["t"] >= 30] or samples
     first, last = steady[0], steady[-1]

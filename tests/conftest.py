@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import flask
 import pytest
@@ -12,6 +13,14 @@ from service.app import create_app
 from service.config import Settings
 
 AppFactory = Callable[..., flask.Flask]
+TESTS = Path(__file__).parent
+SLOW_SUITES = (TESTS / "integration", TESTS / "deploy")  # real processes and validators
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(suite in Path(str(item.fspath)).parents for suite in SLOW_SUITES):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)

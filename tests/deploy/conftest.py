@@ -24,13 +24,6 @@ CRD_SCHEMAS = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 def tool(name: str) -> str:
     """A validator from `make tools` (.tools/bin), else from PATH; missing skips, or fails
     under REQUIRE_INTEGRATION=1."""

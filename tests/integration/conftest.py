@@ -26,13 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 HOST = "127.0.0.1"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:

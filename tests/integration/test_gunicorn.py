@@ -212,3 +212,27 @@ def test_live_scrape_passes_promtool_check_metrics(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_one_redis_round_trip_per_limited_request(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    import redis
+
+    service = start_service(
+        WORKERS="2", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="1000/minute"
+    )
+    client = redis.Redis(host="127.0.0.1", port=redis_storage.port)
+    client.config_resetstat()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(lambda _: fresh_get(f"{service.url}/crypto-price"), range(100)))
+    assert {r.status_code for r in responses} == {200}
+    remaining = sorted(int(r.headers["X-RateLimit-Remaining"]) for r in responses)
+    assert remaining == list(range(900, 1000))  # exact counts in the headers all the same
+    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    counting = calls.get("evalsha", 0) + calls.get("eval", 0)
+    assert counting == 100
+    # The window's end is learned once per worker, not per request.
+    assert calls.get("ttl", 0) + calls.get("pttl", 0) <= 2
+    assert calls.get("get", 0) == 0
