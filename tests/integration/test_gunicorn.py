@@ -230,9 +230,15 @@ def test_one_redis_round_trip_per_limited_request(
     remaining = sorted(int(r.headers["X-RateLimit-Remaining"]) for r in responses)
     assert remaining == list(range(900, 1000))  # exact counts in the headers all the same
     stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
-    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    # Successful calls: the first EVALSHA of each worker fails with NOSCRIPT and is resent
+    # after SCRIPT LOAD (redis-py's Script), which Redis counts as a failed call.
+    calls = {
+        name.removeprefix("cmdstat_"): int(s["calls"]) - int(s.get("failed_calls", 0))
+        for name, s in stats.items()
+    }
     counting = calls.get("evalsha", 0) + calls.get("eval", 0)
     assert counting == 100
-    # The window's end is learned once per worker, not per request.
-    assert calls.get("ttl", 0) + calls.get("pttl", 0) <= 2
+    # The window's end is asked of Redis only by the few requests racing the one that
+    # opened the window (at most the 4 in flight), never once per request.
+    assert calls.get("ttl", 0) + calls.get("pttl", 0) <= 4
     assert calls.get("get", 0) == 0
