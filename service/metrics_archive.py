@@ -16,6 +16,8 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import struct
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 ARCHIVE = "archive"
 LOCK_FILE = "archive.lock"
+READ_ATTEMPTS = 5
 # How a dead worker's samples combine with the archive, by file prefix.
 MERGE_SUM = ("counter", "histogram", "summary", "gauge_sum")
 MERGE_MAX = ("gauge_max",)
@@ -99,5 +102,14 @@ class ArchiveAwareCollector(MultiProcessCollector):
         self._root = Path(path)
 
     def collect(self) -> Sequence[Any]:
-        with _locked(self._root, fcntl.LOCK_SH):
-            return list(super().collect())
+        for attempt in range(READ_ATTEMPTS):
+            with _locked(self._root, fcntl.LOCK_SH):
+                try:
+                    return list(super().collect())
+                except (struct.error, OSError):
+                    # A worker booting right now may have created its file but not yet
+                    # sized it; it holds no samples yet, so reading again shortly is right.
+                    if attempt == READ_ATTEMPTS - 1:
+                        raise
+            time.sleep(0.005)
+        raise AssertionError("unreachable")

@@ -288,14 +288,26 @@ def test_recycled_workers_keep_the_metrics_directory_flat_and_counters_monotonic
     )
     totals: list[float] = []
     file_counts: list[int] = []
+    failed_scrapes: list[str] = []
     stop = threading.Event()
 
     def scrape() -> None:
         while not stop.is_set():
             try:
-                totals.append(service.metric("http_requests_total", route="/crypto-price"))
-            except requests.RequestException:
-                continue  # the worker answering this scrape was being recycled
+                response = requests.get(f"{service.url}/metrics", timeout=10)
+            except requests.ConnectionError:
+                continue  # the worker holding this connection was being recycled
+            if response.status_code != 200:
+                failed_scrapes.append(response.text[:200])
+                continue
+            totals.append(
+                sum(
+                    s.value
+                    for f in text_string_to_metric_families(response.text)
+                    for s in f.samples
+                    if s.name == "http_requests_total" and s.labels.get("route") == "/crypto-price"
+                )
+            )
             file_counts.append(len(list(service.metrics_dir.glob("*.db"))))
             stop.wait(0.05)
 
@@ -314,6 +326,7 @@ def test_recycled_workers_keep_the_metrics_directory_flat_and_counters_monotonic
             sent += len(results)
     stop.set()
     scraper.join()
+    assert failed_scrapes == [], failed_scrapes[:3]
     booted = service.logs().count("Booting worker with pid")
     assert booted >= 100, f"only {booted} workers: too few recycles"
     assert all(b >= a for a, b in itertools.pairwise(totals)), "a counter went down"
