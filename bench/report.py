@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-TARGETS = {"target_default": 0.70, "aim_default": 0.85, "target_prod": 0.50, "aim_prod": 0.75}
 
 
 def ratio(results: dict[str, Any], service: str, baseline: str) -> float:

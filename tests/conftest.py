@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +42,3 @@ def make_app() -> AppFactory:
 @pytest.fixture
 def client(make_app: AppFactory) -> flask.testing.FlaskClient:
     return make_app().test_client()
-
-
-def repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
