@@ -30,13 +30,18 @@ class ApiError(HTTPException):
         self.extra = extra
 
 
+def snake_code(reason: str) -> str:
+    """ "Request Header Fields Too Large" -> "request_header_fields_too_large"."""
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
+
+
 def error_code(exc: HTTPException) -> str:
     if isinstance(exc, ApiError):
         return exc.error
     code = exc.code or 500
     if code in ERROR_CODES:
         return ERROR_CODES[code]
-    return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
+    return snake_code(exc.name or "error")
 
 
 def error_response(exc: HTTPException) -> flask.Response:

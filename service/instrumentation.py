@@ -39,7 +39,7 @@ def finish_request(response: flask.Response) -> flask.Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     state.metrics.observe_request(request.method, route, status, seconds)
     if rate_limited:
-        state.metrics.rate_limited.labels(route, client.client_class).inc()
+        state.metrics.count_rate_limited(route, client.client_class)
     log.log(
         40 if status >= 500 else 20,
         "request",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,10 +59,9 @@ class Metrics:
     """Every metric the service exports, created once per application."""
 
     def __init__(self, symbols: Iterable[str]) -> None:
-        self.multiprocess = multiprocess_dir() is not None
         # In multiprocess mode the samples live in files, so the metrics join no registry
         # and the exposition registry reads the files instead.
-        own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        own = None if multiprocess_dir() else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "http_requests",
             "HTTP requests answered, by method, matched URL rule and status code.",
@@ -132,32 +132,31 @@ class Metrics:
         for symbol in symbols:
             for outcome in POLL_OUTCOMES:
                 self.polls.labels(symbol, outcome)
-        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
     def start_rate_limit_series(self, routes: Iterable[str]) -> None:
         for route in routes:
             for client_class in CLIENT_CLASSES:
                 self.rate_limited.labels(route, client_class)
 
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once per label set rather than per request."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "OTHER"
-        key = (method, route, str(status))
-        counter = self._children.get(key)
-        if counter is None:
-            counter = self._children[key] = self.requests.labels(*key)
-        counter.inc()  # type: ignore[attr-defined]
-        histogram_key = (method, route)
-        histogram = self._children.get(histogram_key)
-        if histogram is None:
-            histogram = self._children[histogram_key] = self.duration.labels(*histogram_key)
-        histogram.observe(seconds)  # type: ignore[attr-defined]
+        self._child(self.requests, method, route, str(status)).inc()
+        self._child(self.duration, method, route).observe(seconds)
 
     def count_poll(self, symbol: str, outcome: str) -> None:
-        key = ("poll", symbol, outcome)
-        counter = self._children.get(key)
-        if counter is None:
-            counter = self._children[key] = self.polls.labels(symbol, outcome)
-        counter.inc()  # type: ignore[attr-defined]
+        self._child(self.polls, symbol, outcome).inc()
+
+    def count_rate_limited(self, route: str, client_class: str) -> None:
+        self._child(self.rate_limited, route, client_class).inc()
 
     def observe_new_tick(self, quote: Quote) -> None:
         self.price.labels(quote.symbol).set(quote.price)

@@ -16,12 +16,13 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from service.errors import snake_code
+
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 
 
 def json_error_response(status: int, reason: str) -> bytes:
-    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
-    body = json.dumps({"error": code, "message": reason}).encode()
+    body = json.dumps({"error": snake_code(reason), "message": reason}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"

@@ -66,6 +66,15 @@ class RedisServer:
         redis.Redis(host=HOST, port=self.port).flushall()
 
 
+def redis_answers(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     binary = require_binary("redis-server")
@@ -76,17 +85,8 @@ def redis_server() -> Iterator[RedisServer]:
         stderr=subprocess.DEVNULL,
     )
     server = RedisServer(port, process)
-
-    def answers() -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
-        except redis.RedisError:
-            return False
-
     try:
-        wait_until(answers, 10, "redis-server")
+        wait_until(lambda: redis_answers(port), 10, "redis-server")
         yield server
     finally:
         process.terminate()

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     Service,
     ServiceFactory,
     free_port,
+    redis_answers,
     require_binary,
     wait_until,
 )
@@ -349,7 +350,7 @@ def test_redis_outage_fails_open_counts_errors_and_limits_return(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: _redis_answers(port), 10, "redis-server")
+        wait_until(lambda: redis_answers(port), 10, "redis-server")
         return process
 
     redis_process = start_redis()
@@ -391,15 +392,6 @@ def test_redis_outage_fails_open_counts_errors_and_limits_return(
     finally:
         redis_process.terminate()
         redis_process.wait(timeout=10)
-
-
-def _redis_answers(port: int) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
-    except redis.RedisError:
-        return False
 
 
 def test_sigterm_with_slow_requests_in_flight_drains_them_all_and_exits_zero(
