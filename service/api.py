@@ -16,30 +16,25 @@ from functools import lru_cache
 
 import flask
 
-from service import faults
 from service.config import SYMBOL_PATTERN
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
 from service.prices import Quote
-from service.state import get_state
+from service.state import ServiceState, get_state
 
 bp = flask.Blueprint("prices", __name__)
 MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
 DEFAULT_HISTORY_LIMIT = 10
 
 
-@bp.before_request
-def _inject_faults() -> None:
-    faults.inject(get_state().settings)
-
-
 @bp.get("/crypto-price")
 def crypto_price() -> flask.Response:
     state = get_state()
-    symbol = _known_symbol(flask.request.args.get("symbol", state.settings.default_symbol))
+    symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
     now = time.time()
     quote = state.feed.quote(symbol, now)
     return _conditional(
+        state,
         tag=_etag(state.settings.price_seed, symbol, quote.tick),
         quotes=(quote,),
         now=now,
@@ -51,10 +46,11 @@ def crypto_price() -> flask.Response:
 def prices() -> flask.Response:
     state = get_state()
     raw = flask.request.args.get("symbols")
-    symbols = list(state.feed.symbols) if raw is None else _symbol_list(raw)
+    symbols = list(state.feed.symbols) if raw is None else _symbol_list(state, raw)
     now = time.time()
     quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
     return _conditional(
+        state,
         tag=_etag(state.settings.price_seed, ",".join(symbols), quotes[0].tick),
         quotes=quotes,
         now=now,
@@ -65,11 +61,12 @@ def prices() -> flask.Response:
 @bp.get("/v1/prices/<symbol>/history")
 def history(symbol: str) -> flask.Response:
     state = get_state()
-    symbol = _known_symbol(symbol)
+    symbol = _known_symbol(state, symbol)
     limit = _history_limit(flask.request.args.get("limit"))
     now = time.time()
     quotes = state.feed.history(symbol, now, limit)
     return _conditional(
+        state,
         tag=_etag(state.settings.price_seed, f"{symbol}/history/{limit}", quotes[-1].tick),
         quotes=(quotes[-1],),
         now=now,
@@ -112,22 +109,26 @@ def _batch_prefix(quotes: tuple[Quote, ...]) -> str:
 
 
 def _conditional(
+    state: ServiceState,
     tag: str,
     quotes: tuple[Quote, ...],
     now: float,
     body_prefix: Callable[[], str],
 ) -> flask.Response:
     """Answer 304 to a matching If-None-Match, else the JSON body; count the polls."""
-    state = get_state()
-    not_modified = flask.request.if_none_match.contains_weak(tag)
+    headers = [
+        ("ETag", f'"{tag}"'),
+        ("Cache-Control", f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"),
+    ]
+    # Only a header that is there needs parsing (werkzeug parses it on first access).
+    asked = "HTTP_IF_NONE_MATCH" in flask.request.environ
+    not_modified = asked and flask.request.if_none_match.contains_weak(tag)
     if not_modified:
-        response = flask.Response(status=304)
+        response = flask.Response(status=304, headers=headers)
     else:
-        response = flask.Response(f"{body_prefix()}{now!r}}}", mimetype="application/json")
-    response.set_etag(tag)
-    response.headers["Cache-Control"] = (
-        f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"
-    )
+        response = flask.Response(
+            f"{body_prefix()}{now!r}}}", headers=headers, mimetype="application/json"
+        )
     outcome = "not_modified" if not_modified else "fresh"
     for quote in quotes:
         state.metrics.count_poll(quote.symbol, outcome)
@@ -142,8 +143,7 @@ def _etag(seed: str, subject: str, tick: int) -> str:
     return f"{tick}-{digest}"
 
 
-def _known_symbol(raw: str) -> str:
-    state = get_state()
+def _known_symbol(state: ServiceState, raw: str) -> str:
     symbol = raw.strip().upper()
     if not SYMBOL_PATTERN.match(symbol):
         raise ApiError(
@@ -162,7 +162,7 @@ def _known_symbol(raw: str) -> str:
     return symbol
 
 
-def _symbol_list(raw: str) -> list[str]:
+def _symbol_list(state: ServiceState, raw: str) -> list[str]:
     items = raw.split(",")
     if len(items) > MAX_BATCH_SYMBOLS:
         raise ApiError(
@@ -171,7 +171,7 @@ def _symbol_list(raw: str) -> list[str]:
             f"At most {MAX_BATCH_SYMBOLS} symbols may be asked for at once.",
         )
     # dict.fromkeys: drop repeats, keep the caller's order.
-    return list(dict.fromkeys(_known_symbol(item) for item in items))
+    return list(dict.fromkeys(_known_symbol(state, item) for item in items))
 
 
 def _history_limit(raw: str | None) -> int:

@@ -7,12 +7,12 @@ import os
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, errors, instrumentation, ops
+from service import api, errors, faults, ops
 from service.config import Settings
-from service.errors import ApiError
 from service.feed import PriceFeed
+from service.instrumentation import Instrumentation, RoutedRequest
 from service.limiting import RateLimiting
-from service.logs import configure_logging
+from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
 from service.state import EXTENSION, ServiceState
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     configure_logging(settings.log_format, settings.log_level)
 
     app = flask.Flask(__name__)
+    app.request_class = RoutedRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]  # price and timestamp first
     metrics = Metrics(settings.symbols)
     feed = PriceFeed(
@@ -36,13 +37,11 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     limiting = RateLimiting(settings, metrics)
     app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting)
 
-    instrumentation.init_app(app)
     errors.init_app(app)
-    app.register_error_handler(429, _rate_limited)
-    limiting.init_app(app, errors.error_response)
-    limiting.limit_shared()(api.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    limiting.init_app(app, api.bp.name)
+    faults.init_app(app, api.bp.name, settings)
     metrics.start_rate_limit_series(
         rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("prices.")
     )
@@ -51,11 +50,8 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
-    return app
-
-
-def _rate_limited(exc: Exception) -> flask.Response:
-    limit = getattr(exc, "description", None) or "the configured rate"
-    return errors.error_response(
-        ApiError(429, "rate_limited", f"Rate limit exceeded ({limit}); retry after Retry-After.")
+    # Outermost, so that it sees the client address ProxyFix settled on.
+    app.wsgi_app = Instrumentation(  # type: ignore[method-assign]
+        app.wsgi_app, metrics, access_logger(settings.log_format, settings.log_level)
     )
+    return app

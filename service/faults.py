@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
+
+import flask
 
 from service.config import Settings
 from service.errors import ApiError
+
+
+def init_app(app: flask.Flask, blueprint: str, settings: Settings) -> None:
+    """Inject faults into every endpoint of the named blueprint, if any are configured
+    (no hook at all otherwise: it would cost every request something)."""
+    if settings.fault_latency_ms or settings.fault_error_rate:
+        app.before_request_funcs.setdefault(blueprint, []).append(partial(inject, settings))
 
 
 def inject(settings: Settings) -> None:

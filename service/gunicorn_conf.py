@@ -42,6 +42,7 @@ max_requests_jitter = settings.max_requests_jitter
 proc_name = "crypto-service"
 control_socket_disable = True  # gunicorn >= 24 would write a socket under $HOME
 accesslog = None  # the app logs each request once, as JSON
+logger_class = "service.logs.ServiceGunicornLogger"
 errorlog = "-"
 loglevel = settings.log_level
 logconfig_dict = logging_config_dict(settings.log_format, settings.log_level)

@@ -1,68 +1,113 @@
-"""Per-request bookkeeping: request IDs, security headers, metrics and the access log line."""
+"""Per-request bookkeeping as one WSGI middleware around the Flask application: request
+IDs, security and rate-limit headers, metrics and the access log line.
+
+A middleware rather than Flask hooks because it is on every request's path: Flask runs
+each before/after/teardown hook through ``ensure_sync`` and the request proxies, which
+cost more than the bookkeeping itself (``bench/NOTES.md``). Everything it needs is in the
+WSGI environ: the matched URL rule that :class:`RoutedRequest` leaves there, the client
+and the rate-limit headers that ``service.limiting`` leaves there.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import flask
 import structlog
+from structlog.typing import FilteringBoundLogger
+from werkzeug.routing import Rule
 
-from service.limiting import current_client
-from service.logs import get_logger
-from service.metrics import UNMATCHED_ROUTE
-from service.state import get_state
+from service.limiting import CLIENT_ENVIRON_KEY, HEADERS_ENVIRON_KEY
+from service.metrics import UNMATCHED_ROUTE, Metrics
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+ROUTE_ENVIRON_KEY = "crypto_service.route"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-log = get_logger("service.access")
+ERROR = 40
+INFO = 20
 
 
-def start_request() -> None:
-    flask.g.started = time.perf_counter()
-    supplied = flask.request.headers.get("X-Request-ID", "")
-    # A sane ID from a proxy or client is kept so traces join up; anything else is replaced.
-    flask.g.request_id = supplied if REQUEST_ID.match(supplied) else os.urandom(16).hex()
-    structlog.contextvars.bind_contextvars(request_id=flask.g.request_id)
-    get_state().metrics.in_flight.inc()
+class RoutedRequest(flask.Request):
+    """Flask's request, leaving its matched URL rule in the WSGI environ: Flask drops its
+    request object when the request context ends, before the middleware records it."""
+
+    @property
+    def url_rule(self) -> Rule | None:
+        return self.__dict__.get("_url_rule")
+
+    @url_rule.setter
+    def url_rule(self, rule: Rule | None) -> None:
+        self.__dict__["_url_rule"] = rule
+        if rule is not None:
+            self.environ[ROUTE_ENVIRON_KEY] = rule.rule
 
 
-def finish_request(response: flask.Response) -> flask.Response:
-    request = flask.request
-    state = get_state()
-    seconds = time.perf_counter() - flask.g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-    status = response.status_code
-    client = current_client()
-    rate_limited = status == 429
-    response.headers["X-Request-ID"] = flask.g.get("request_id") or os.urandom(16).hex()
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    state.metrics.observe_request(request.method, route, status, seconds)
-    if rate_limited:
-        state.metrics.count_rate_limited(route, client.client_class)
-    log.log(
-        40 if status >= 500 else 20,
-        "request",
-        method=request.method,
-        route=route,
-        path=request.path[:256],
-        status=status,
-        duration_ms=round(seconds * 1000, 3),
-        client=client.key,
-        rate_limited=rate_limited,
-    )
-    return response
+class Instrumentation:
+    """Wraps a WSGI application; every response gets ``X-Request-ID`` (the caller's when
+    sane, else a new one) and ``X-Content-Type-Options: nosniff``, is counted and timed in
+    ``metrics`` and logged as one line."""
 
+    def __init__(self, app: WSGIApplication, metrics: Metrics, log: FilteringBoundLogger) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._log = log
 
-def end_request(_exc: BaseException | None) -> None:
-    if "started" in flask.g:
-        get_state().metrics.in_flight.dec()
-    structlog.contextvars.clear_contextvars()
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        supplied = environ.get("HTTP_X_REQUEST_ID")
+        # A sane ID from a proxy or client is kept so traces join up; anything else is replaced.
+        if supplied is not None and REQUEST_ID.match(supplied):
+            request_id = supplied
+        else:
+            request_id = os.urandom(16).hex()
+        status = ""
 
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            nonlocal status
+            status = status_line
+            headers.append(("X-Request-ID", request_id))
+            headers.append(("X-Content-Type-Options", "nosniff"))
+            headers.extend(environ.get(HEADERS_ENVIRON_KEY, ()))
+            return start_response(status_line, headers, exc_info)
 
-def init_app(app: flask.Flask) -> None:
-    # Registered before everything else: first of the before_request hooks and, since
-    # Flask runs after_request hooks in reverse, last of those.
-    app.before_request(start_request)
-    app.after_request(finish_request)
-    app.teardown_request(end_request)
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        self._metrics.in_flight.inc()
+        try:
+            return self._app(environ, start)
+        finally:
+            self._metrics.in_flight.dec()
+            # No status: the application raised past Flask's own handling.
+            self._record(environ, int(status[:3]) if status else 500, started, request_id)
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    def _record(
+        self, environ: WSGIEnvironment, status: int, started: float, request_id: str
+    ) -> None:
+        seconds = time.perf_counter() - started
+        route = environ.get(ROUTE_ENVIRON_KEY, UNMATCHED_ROUTE)
+        method = environ.get("REQUEST_METHOD", "GET")
+        client = environ.get(CLIENT_ENVIRON_KEY)
+        rate_limited = status == 429
+        self._metrics.observe_request(method, route, status, seconds)
+        if rate_limited and client is not None:
+            self._metrics.count_rate_limited(route, client.client_class.name)
+        # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        self._log.log(
+            ERROR if status >= 500 else INFO,
+            "request",
+            method=method,
+            route=route,
+            path=path[:256],
+            status=status,
+            duration_ms=round(seconds * 1000, 3),
+            client=client.key if client is not None else environ.get("REMOTE_ADDR", "unknown"),
+            rate_limited=rate_limited,
+            request_id=request_id,
+        )
