@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         )
     # Outermost, so that it sees the client address ProxyFix settled on.
     app.wsgi_app = Instrumentation(  # type: ignore[method-assign]
-        app.wsgi_app, metrics, access_logger(settings.log_format, settings.log_level)
+        app.wsgi_app,
+        metrics,
+        access_logger(settings.log_format, settings.log_level, settings.log_flush_seconds),
     )
     return app

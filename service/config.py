@@ -68,6 +68,7 @@ class Settings:
     trusted_proxies: int = 0
     log_format: str = "json"
     log_level: str = "info"
+    log_flush_seconds: float = 0.5
     metrics_dir: str | None = None
     fault_latency_ms: int = 0
     fault_error_rate: float = 0.0
@@ -117,6 +118,9 @@ class Settings:
             trusted_proxies=get("TRUSTED_PROXIES", _int_between(0, 10), 0),
             log_format=get("LOG_FORMAT", _one_of(LOG_FORMATS), d.log_format),
             log_level=get("LOG_LEVEL", _one_of(LOG_LEVELS), d.log_level),
+            log_flush_seconds=get(
+                "LOG_FLUSH_SECONDS", _float_between(0.0, 10.0), d.log_flush_seconds
+            ),
             metrics_dir=get("PROMETHEUS_MULTIPROC_DIR", _keep, None),
             fault_latency_ms=get("FAULT_LATENCY_MS", _int_between(0, 600_000), 0),
             fault_error_rate=get("FAULT_ERROR_RATE", _float_between(0.0, 1.0), 0.0),
@@ -153,6 +157,7 @@ class Settings:
             "trusted_proxies": self.trusted_proxies,
             "log_format": self.log_format,
             "log_level": self.log_level,
+            "log_flush_seconds": self.log_flush_seconds,
             "metrics_dir": self.metrics_dir,
             "fault_latency_ms": self.fault_latency_ms,
             "fault_error_rate": self.fault_error_rate,

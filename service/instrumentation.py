@@ -10,7 +10,7 @@ and the rate-limit headers that ``service.limiting`` leaves there.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -65,7 +65,9 @@ class Instrumentation:
         if supplied is not None and REQUEST_ID.match(supplied):
             request_id = supplied
         else:
-            request_id = os.urandom(16).hex()
+            # Unique, not secret: random's generator (reseeded in each forked worker)
+            # instead of os.urandom, whose system call would give up the GIL.
+            request_id = f"{random.getrandbits(128):032x}"
         status = ""
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

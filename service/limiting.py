@@ -27,6 +27,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, cast
 
 import flask
@@ -82,11 +83,12 @@ class CountingFixedWindow(FixedWindowRateLimiter):
     def __init__(self, storage: Storage) -> None:
         super().__init__(storage)
         self._window_ends: dict[str, float] = {}
+        self._key_for = lru_cache(maxsize=10_000)(_key_for)
 
     def hit_with_stats(
         self, item: RateLimitItem, *identifiers: str, cost: int = 1
     ) -> tuple[bool, WindowStats]:
-        key = item.key_for(*identifiers)
+        key = self._key_for(item, identifiers)
         now = time.time()
         count = int(self.storage.incr(key, item.get_expiry(), amount=cost))
         end = self._window_ends.get(key)
@@ -105,6 +107,10 @@ class CountingFixedWindow(FixedWindowRateLimiter):
             if len(self._window_ends) >= self.MAX_REMEMBERED_WINDOWS:
                 self._window_ends.clear()
         self._window_ends[key] = end
+
+
+def _key_for(item: RateLimitItem, identifiers: tuple[str, ...]) -> str:
+    return item.key_for(*identifiers)
 
 
 def hit_with_stats(

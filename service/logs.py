@@ -1,7 +1,7 @@
 """Structured logging: one format (JSON or console) for the app, gunicorn and libraries.
 
 structlog renders the service's own events; the standard library's records (gunicorn,
-flask-limiter, werkzeug) pass through structlog's ProcessorFormatter, so every line on
+werkzeug) pass through structlog's ProcessorFormatter, so every line on
 stdout has the same shape: ISO-8601 UTC ``timestamp``, ``level``, ``event`` and fields.
 """
 
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -108,12 +111,61 @@ def configure_logging(log_format: str, log_level: str) -> None:
     )
 
 
-def access_logger(log_format: str, log_level: str) -> structlog.typing.FilteringBoundLogger:
-    """The logger of the one line per request: same shape as every other line, a shorter
-    processor chain (it is on every request's path). Its caller passes ``request_id``
-    itself, so it skips merging the context variables."""
+class BufferedWriteLogger(structlog.WriteLogger):
+    """structlog's WriteLogger, leaving debug and info lines in the stream's buffer
+    instead of flushing after each; a warning or an error flushes at once, with every
+    line before it. The buffer is flushed when full and by :func:`flush_periodically`.
+
+    Why: in a threaded gunicorn worker, a flush per request is a write(2) per request,
+    and every system call gives up the GIL: a thread switch per request that cost the
+    service a sixth of its throughput (bench/NOTES.md).
+    """
+
+    def write_unflushed(self, message: str) -> None:
+        with self._lock:
+            self._write(message + "\n")
+
+    log = debug = info = write_unflushed
+
+
+_flushing: set[tuple[int, int]] = set()  # (process, stream) pairs with a flusher thread
+_flushing_lock = threading.Lock()
+
+
+def flush_periodically(stream: TextIO, seconds: float) -> None:
+    """Flush ``stream`` every ``seconds`` from a daemon thread: one per stream and process
+    (a forked gunicorn worker starts its own)."""
+    key = (os.getpid(), id(stream))
+    with _flushing_lock:
+        if key in _flushing:
+            return
+        _flushing.add(key)
+
+    def flush_forever() -> None:
+        while True:
+            time.sleep(seconds)
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed at interpreter exit, or a broken pipe
+                return
+
+    threading.Thread(target=flush_forever, name="log-flusher", daemon=True).start()
+
+
+def access_logger(
+    log_format: str, log_level: str, flush_seconds: float
+) -> structlog.typing.FilteringBoundLogger:
+    """The logger of the one line per request: the same shape as every other line, a
+    shorter processor chain (it runs on every request's path; its caller passes
+    ``request_id`` itself, so it skips merging the context variables), and, unless
+    ``flush_seconds`` is 0, buffered output flushed every ``flush_seconds``."""
+    if flush_seconds > 0:
+        output: structlog.WriteLogger = BufferedWriteLogger(sys.stdout)
+        flush_periodically(sys.stdout, flush_seconds)
+    else:
+        output = structlog.WriteLogger(sys.stdout)
     return structlog.wrap_logger(  # type: ignore[no-any-return]
-        structlog.WriteLogger(sys.stdout),
+        output,
         processors=[
             structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -136,8 +188,8 @@ class ServiceGunicornLogger(GunicornLogger):  # type: ignore[misc]
     """gunicorn's logger without its access log: the app logs each request itself.
 
     gunicorn builds every access log line (headers, dates, atoms) whenever a logging
-    configuration is given, even when the ``gunicorn.access`` logger drops it; that
-    cost about a tenth of a worker's CPU under load (py-spy, bench/NOTES.md).
+    configuration is given, even when the ``gunicorn.access`` logger then drops it: about
+    a tenth of a worker's CPU under load (py-spy, bench/NOTES.md).
     """
 
     access_log_enabled = False
