@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import sys
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--redis", help="redis:// URI for the service-redis target")
     parser.add_argument("--profile", help="print a cProfile of this target instead")
+    parser.add_argument("--json", action="store_true", help="one JSON object: target -> us")
     parser.add_argument("targets", nargs="*", default=["raw", "flask", "service"])
     args = parser.parse_args()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hotpath-"))
@@ -113,11 +115,16 @@ def main() -> None:
         stats.print_stats(35)
         return
     baseline = None
+    figures = {}
     for name, app in built.items():
-        micros = per_request_us(app, args.count)
+        micros = figures[name] = per_request_us(app, args.count)
+        if args.json:
+            continue
         baseline = baseline or (micros if name == "flask" else None)
         ratio = f"  flask/this {baseline / micros:.2f}" if baseline else ""
         print(f"{name:15s} {micros:8.1f} us/request{ratio}", file=report, flush=True)
+    if args.json:
+        print(json.dumps(figures), file=report)
 
 
 if __name__ == "__main__":

@@ -116,19 +116,18 @@ def _conditional(
     body_prefix: Callable[[], str],
 ) -> flask.Response:
     """Answer 304 to a matching If-None-Match, else the JSON body; count the polls."""
-    headers = [
-        ("ETag", f'"{tag}"'),
-        ("Cache-Control", f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"),
-    ]
     # Only a header that is there needs parsing (werkzeug parses it on first access).
     asked = "HTTP_IF_NONE_MATCH" in flask.request.environ
     not_modified = asked and flask.request.if_none_match.contains_weak(tag)
     if not_modified:
-        response = flask.Response(status=304, headers=headers)
+        response = flask.Response(status=304)
     else:
-        response = flask.Response(
-            f"{body_prefix()}{now!r}}}", headers=headers, mimetype="application/json"
-        )
+        response = flask.Response(f"{body_prefix()}{now!r}}}", mimetype="application/json")
+    # add, not the Response(headers=...) argument: a third of the time per response.
+    response.headers.add("ETag", f'"{tag}"')
+    response.headers.add(
+        "Cache-Control", f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"
+    )
     outcome = "not_modified" if not_modified else "fresh"
     for quote in quotes:
         state.metrics.count_poll(quote.symbol, outcome)

@@ -15,7 +15,13 @@ from typing import Any
 
 import requests
 
-from tests.integration.conftest import RedisServer, ServiceFactory, free_port, require_binary
+from tests.integration.conftest import (
+    RedisServer,
+    ServiceFactory,
+    free_port,
+    require_binary,
+    wait_until,
+)
 
 SECRET_KEY = "integration-key-0123456789"
 
@@ -131,6 +137,16 @@ def test_logs_are_one_json_line_per_request_without_secrets(
     assert len(startup) == 1 and startup[0]["workers"] == 1
     assert any(line.get("logger") == "gunicorn.error" for line in lines)
     assert SECRET_KEY not in service.logs()
+
+
+def test_buffered_request_lines_reach_stdout_within_the_flush_interval(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(LOG_FLUSH_SECONDS="0.2")
+    fresh_get(f"{service.url}/crypto-price", headers={"X-Request-ID": "flush-check"})
+    sent = time.monotonic()
+    wait_until(lambda: '"request_id":"flush-check"' in service.logs(), 5, "the request line")
+    assert time.monotonic() - sent < 2  # the interval, not a full buffer, wrote it
 
 
 def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_zero(

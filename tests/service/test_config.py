@@ -36,6 +36,8 @@ def test_no_configuration_at_all_gives_working_defaults() -> None:
         ("SYMBOLS", "B/C:1", "SYMBOL:BASE_PRICE"),
         ("LOG_FORMAT", "xml", "json, console"),
         ("LOG_LEVEL", "loud", "must be one of"),
+        ("LOG_FLUSH_SECONDS", "soon", "expected a number"),
+        ("LOG_FLUSH_SECONDS", "60", "between 0 and 10"),
         ("TRUSTED_PROXIES", "many", "expected an integer"),
         ("FAULT_ERROR_RATE", "2", "between 0 and 1"),
         ("API_KEYS", "short", "key #1 must be 16-256"),
