@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-unit validate lint dashboard manifests bench loadtest soak clean
+.PHONY: install tools run test test-unit validate lint dashboard manifests bench hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ manifests: install
 # The side-by-side benchmark (needs Debian's wrk and redis-server); writes bench/RESULTS.md.
 bench: install
 	$(BIN)/python -m bench.bench
+
+# Microseconds per request in-process, service against bare Flask; TARGET=service profiles.
+hotpath: install
+	$(BIN)/python -m bench.hotpath $(if $(TARGET),--profile $(TARGET))
 
 # A locust polling load against URL; summary on stdout, CSV and HTML in loadtest/results/.
 URL ?= http://localhost:5000

@@ -109,9 +109,9 @@ def write_report(results: dict[str, Any]) -> None:
         "",
         "| figure | measured | target (aim) | verdict |",
         "| --- | ---: | --- | --- |",
-        f"| service / bare Flask, embedded default (3)/(2) | {default_ratio:.2f} | >= 0.70 (0.85) | "
+        f"| service / bare Flask, embedded default (3)/(2) | {default_ratio:.3f} | >= 0.70 (0.85) | "
         f"{verdict(default_ratio, 0.70, 0.85)} |",
-        f"| service / bare Flask, production shape (4)/(2) | {prod_ratio:.2f} | >= 0.50 (0.75) | "
+        f"| service / bare Flask, production shape (4)/(2) | {prod_ratio:.3f} | >= 0.50 (0.75) | "
         f"{verdict(prod_ratio, 0.50, 0.75)} |",
         f"| service (production shape) / raw WSGI | {ratio(results, 'service_prod', 'raw_prod'):.2f} | | |",
         f"| p99 at half the max rate, production shape ({half['target_rps']:.0f} req/s paced, "

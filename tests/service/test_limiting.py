@@ -119,3 +119,12 @@ def test_unreachable_storage_fails_closed_when_asked(make_app: AppFactory) -> No
     assert response.get_json()["error"] == "unavailable"
     assert response.headers["Retry-After"] == "1"
     assert client.get("/healthz").status_code == 200
+
+
+def test_counters_keep_flask_limiters_key_layout(make_app: AppFactory) -> None:
+    # Same keys as the Flask-Limiter shared limit of earlier versions: a rolling upgrade
+    # against one Redis keeps every client's count.
+    app = make_app(RATE_LIMIT="5/minute")
+    app.test_client().get("/crypto-price")
+    storage = app.extensions["crypto_service"].limiting.storage
+    assert storage.get("LIMITER/crypto/127.0.0.1/api/5/1/minute") == 1
