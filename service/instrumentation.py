@@ -100,7 +100,7 @@ class Instrumentation:
         if rate_limited and client is not None:
             self._metrics.count_rate_limited(route, client.client_class.name)
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
-        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         self._log.log(
             ERROR if status >= 500 else INFO,
             "request",

@@ -63,9 +63,8 @@ def test_entrypoint_and_healthcheck_run_here(tmp_path: Path) -> None:
     image_env = dockerfile.envs
     port = free_port()
     env = {
+        **{name: value for name, value in image_env.items() if name != "PATH"},
         "PATH": os.environ["PATH"],
-        "PYTHONUNBUFFERED": image_env["PYTHONUNBUFFERED"],
-        "PYTHONDONTWRITEBYTECODE": image_env["PYTHONDONTWRITEBYTECODE"],
         "PROMETHEUS_MULTIPROC_DIR": str(
             tmp_path / image_env["PROMETHEUS_MULTIPROC_DIR"].lstrip("/")
         ),
