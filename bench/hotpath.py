@@ -73,6 +73,7 @@ def per_request_us(app: WsgiApp, count: int) -> float:
 
 def build(name: str, redis_uri: str | None) -> WsgiApp:
     from bench import apps
+    from bench.bench import NO_LIMIT
 
     if name == "raw":
         return apps.raw_app
@@ -81,7 +82,7 @@ def build(name: str, redis_uri: str | None) -> WsgiApp:
     from service.app import create_app
     from service.config import Settings
 
-    env = {"RATE_LIMIT": "100000000/minute", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
+    env = {"RATE_LIMIT": NO_LIMIT, "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
     if name == "service-redis":
         if redis_uri is None:
             raise SystemExit("service-redis needs --redis redis://host:port")

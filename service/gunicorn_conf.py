@@ -67,7 +67,6 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Turn readiness off the moment the worker is told to stop."""
-    sys.setswitchinterval(float(os.environ.get("SWITCH_TMP", "0.005")))
     state = worker.wsgi.extensions["crypto_service"]
     stop = worker.handle_exit
 

@@ -10,6 +10,7 @@ and the rate-limit headers that ``service.limiting`` leaves there.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 ROUTE_ENVIRON_KEY = "crypto_service.route"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-ERROR = 40
-INFO = 20
 
 
 class RoutedRequest(flask.Request):
@@ -102,7 +101,7 @@ class Instrumentation:
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
         path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         self._log.log(
-            ERROR if status >= 500 else INFO,
+            logging.ERROR if status >= 500 else logging.INFO,
             "request",
             method=method,
             route=route,

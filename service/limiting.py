@@ -15,8 +15,8 @@ whole bare Flask request (``bench/NOTES.md``), while this service has one limit 
 class, known at start-up. So the limits are parsed once and one hook on the price
 blueprint counts the request with a single storage call.
 
-Storage failures fail open by default: the request is served, ``ratelimit_storage_errors
-_total`` rises and a warning is logged (at most every 10 s); with
+Storage failures fail open by default: the request is served,
+``ratelimit_storage_errors_total`` rises and a warning is logged (at most every 10 s); with
 ``RATE_LIMIT_FAIL_OPEN=false`` the request gets a 503 instead.
 """
 

@@ -56,6 +56,10 @@ def _renderer(log_format: str) -> Processor:
     return structlog.processors.JSONRenderer(serializer=_dumps)
 
 
+def _filtering_at(log_level: str) -> type[structlog.typing.FilteringBoundLogger]:
+    return structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[log_level.upper()])
+
+
 def logging_config_dict(log_format: str, log_level: str) -> dict[str, Any]:
     """A dictConfig for the standard library: also used as gunicorn's ``logconfig_dict``."""
     level = log_level.upper()
@@ -104,9 +108,7 @@ def configure_logging(log_format: str, log_level: str) -> None:
             _lead_with_common_keys,
             _renderer(log_format),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[log_level.upper()]
-        ),
+        wrapper_class=_filtering_at(log_level),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
@@ -168,9 +170,7 @@ def access_logger(
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         output,
         processors=[_stamp_access_line, _renderer(log_format)],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[log_level.upper()]
-        ),
+        wrapper_class=_filtering_at(log_level),
         cache_logger_on_first_use=True,
     ).bind(logger="service.access")
 
