@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-unit validate lint dashboard manifests bench hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -31,7 +31,12 @@ run: install
 	$(BIN)/crypto-service
 
 test: install tools
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The whole suite RUNS times in a row (default 5) with both cores kept busy: the check
+# that the suite does not depend on timing.
+test-busy:
+	.ci/busy-check
 
 test-unit: install
 	$(BIN)/pytest -m "not integration"

@@ -66,7 +66,7 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Turn readiness off the moment the worker is told to stop."""
+    """Say the worker is serving, and turn readiness off the moment it is told to stop."""
     state = worker.wsgi.extensions["crypto_service"]
     stop = worker.handle_exit
 
@@ -76,6 +76,9 @@ def post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, drain_then_stop)
     signal.siginterrupt(signal.SIGTERM, False)
+    # gunicorn's "Booting worker" is logged at fork, before the app is built; this line
+    # is when the worker accepts requests (what the tests and an operator wait for).
+    get_logger("service.worker").info("worker ready", pid=os.getpid())
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -4,6 +4,7 @@ answers the price service would never give (malformed payloads, 503s, silence)."
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -74,15 +75,23 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
-@contextmanager
-def silent_server() -> Iterator[str]:
-    """Accepts connections and never answers: the client's timeouts must save it."""
-    import socket
+@dataclass
+class SilentServer:
+    url: str
+    held: list[socket.socket]  # connections accepted and never answered
 
+    @property
+    def accepted(self) -> int:
+        return len(self.held)
+
+
+@contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    """Accepts connections and never answers: the client's timeouts must save it."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    held: list[socket.socket] = []
+    server = SilentServer(f"http://127.0.0.1:{listener.getsockname()[1]}", [])
     stopping = threading.Event()
 
     def accept() -> None:
@@ -90,17 +99,17 @@ def silent_server() -> Iterator[str]:
         while not stopping.is_set():
             try:
                 conn, _ = listener.accept()
-                held.append(conn)
+                server.held.append(conn)
             except OSError:
                 continue
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield server
     finally:
         stopping.set()
         thread.join()
-        for conn in held:
+        for conn in server.held:
             conn.close()
         listener.close()

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class Service:
         self.port = int(env["PORT"])
         self.url = f"http://{HOST}:{self.port}"
         self.metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        self.workers = int(env.get("WORKERS", "1"))
         self.log_path = workdir / "service.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -117,16 +119,51 @@ class Service:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Ready means every one of the ``WORKERS`` workers is up and serving, not just the
+        first: gunicorn forks them one after another, and on a busy machine the last may
+        come seconds after the first answers."""
+
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"service exited early:\n{self.logs()}")
+            if len(self.serving_workers()) < self.workers:
+                return False
             try:
                 return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
             except requests.RequestException:
                 return False
 
-        wait_until(ready, timeout, "the service to become ready")
+        wait_until(ready, timeout, f"{self.workers} worker(s) of the service to be serving")
+
+    def worker_pids(self) -> set[int]:
+        """The master's live children."""
+        master = self.process.pid
+        try:
+            text = Path(f"/proc/{master}/task/{master}/children").read_text()
+        except FileNotFoundError:
+            return set()
+        return {int(pid) for pid in text.split()}
+
+    def serving_workers(self) -> set[int]:
+        """Live workers that have logged "worker ready" (their app is built, they accept)."""
+        ready: set[int] = set()
+        for line in self.logs().splitlines():
+            if '"worker ready"' in line:
+                try:
+                    ready.add(int(json.loads(line)["pid"]))
+                except (ValueError, KeyError):
+                    continue  # a line cut by the buffer's edge: read again next time
+        return ready & self.worker_pids()
+
+    def wait_workers_replaced(self, gone: set[int], timeout: float = 30) -> None:
+        """Wait until none of ``gone`` is alive and all ``WORKERS`` workers serve again."""
+
+        def replaced() -> bool:
+            serving = self.serving_workers()
+            return not (gone & self.worker_pids()) and len(serving) == self.workers
+
+        wait_until(replaced, timeout, f"replacements for workers {sorted(gone)} to be serving")
 
     def logs(self) -> str:
         if not self._log.closed:
@@ -143,6 +180,25 @@ class Service:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
         )
 
+    def wait_in_flight(self, requests_in_flight: int, timeout: float = 15) -> None:
+        """Wait until that many requests are being handled (the scrape asking is not one)."""
+        wait_until(
+            lambda: self.metric("http_requests_in_flight") - 1 >= requests_in_flight,
+            timeout,
+            f"{requests_in_flight} request(s) in flight",
+        )
+
+    def wait_draining(self, session: requests.Session, timeout: float = 10) -> int:
+        """After SIGTERM: ask /readyz on a kept-alive connection until it says draining."""
+        statuses: list[int] = []
+
+        def draining() -> bool:
+            statuses.append(session.get(f"{self.url}/readyz", timeout=5).status_code)
+            return statuses[-1] == 503
+
+        wait_until(draining, timeout, f"readiness to turn 503 (saw {statuses[-5:]})")
+        return statuses[-1]
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -157,6 +213,53 @@ class Service:
 
 
 ServiceFactory = Callable[..., Service]
+CRYPTO_POLL = str(Path(sys.executable).parent / "crypto-poll")
+
+
+class PollRun:
+    """``crypto-poll`` running in the background, its output read line by line as it comes,
+    so a test can wait for what the client said instead of sleeping."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [CRYPTO_POLL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        assert self.process.stdout is not None and self.process.stderr is not None
+        streams = ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in streams
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Wait until ``count`` stderr lines contain ``text``."""
+        wait_until(
+            lambda: sum(text in line for line in list(self.stderr)) >= count,
+            timeout,
+            f"{count} line(s) with {text!r} from crypto-poll (stderr so far: {self.stderr[-5:]})",
+        )
+
+    def wait_for_output(self, lines: int, timeout: float = 30) -> None:
+        wait_until(lambda: len(self.stdout) >= lines, timeout, f"{lines} price line(s)")
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        """Wait for the exit; the exit status, and all of stdout and stderr."""
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code, "\n".join(self.stdout), "\n".join(self.stderr)
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import HOST, ServiceFactory, free_port
+from tests.integration.conftest import HOST, PollRun, ServiceFactory, free_port, wait_until
 from tests.scripted_server import Answer, ScriptedServer, quote_body, silent_server
 
 POLL = str(Path(sys.executable).parent / "crypto-poll")
@@ -20,12 +19,6 @@ POLL = str(Path(sys.executable).parent / "crypto-poll")
 
 def poll(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([POLL, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def start_poll(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [POLL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
 
 
 def summary(stderr: str) -> dict[str, Any]:
@@ -85,11 +78,12 @@ def test_a_server_that_comes_up_three_seconds_late_is_waited_for(
     start_service: ServiceFactory,
 ) -> None:
     port = str(free_port())
-    client = start_poll("--url", f"http://{HOST}:{port}", "--count", "1", "--log-format", "json")
+    client = PollRun("--url", f"http://{HOST}:{port}", "--count", "1", "--log-format", "json")
+    client.wait_for_log('"retrying"')  # it found nobody and is retrying
     time.sleep(3)
     start_service(PORT=port)
-    stdout, stderr = client.communicate(timeout=60)
-    assert client.returncode == 0, stderr
+    returncode, stdout, stderr = client.finish()
+    assert returncode == 0, stderr
     assert stdout.startswith("Price: $")
     stats = summary(stderr)
     assert stats["polls"] == 1 and stats["retries"] >= 1 and stats["failures"] == 0
@@ -120,11 +114,11 @@ def test_429_retry_after_is_honoured_rather_than_hammering(start_service: Servic
 
 
 def test_a_server_that_never_answers_neither_hangs_nor_retries_forever() -> None:
-    with silent_server() as url:
+    with silent_server() as server:
         started = time.monotonic()
         result = poll(
             "--url",
-            url,
+            server.url,
             "--count",
             "1",
             "--timeout",
@@ -173,29 +167,29 @@ def test_malformed_payloads_are_one_error_line_each_and_polling_goes_on() -> Non
 
 def test_sigint_during_a_backoff_sleep_stops_within_a_second_with_a_summary() -> None:
     closed = f"http://{HOST}:{free_port()}"
-    client = start_poll(
+    client = PollRun(
         "--url", closed, "--max-attempts", "100", "--max-wait", "300", "--log-format", "json"
     )
-    time.sleep(2.5)  # several failed attempts: it is now sleeping between them
+    client.wait_for_log('"retrying"', count=2)  # it is now sleeping before the third attempt
     sent = time.monotonic()
     client.send_signal(signal.SIGINT)
-    _, stderr = client.communicate(timeout=10)
+    returncode, _, stderr = client.finish(timeout=10)
     assert time.monotonic() - sent < 1.0
-    assert client.returncode == 0
+    assert returncode == 0
     stats = summary(stderr)
     assert stats["retries"] >= 2 and stats["polls"] == 0  # the interrupted poll is not counted
     assert "Traceback" not in stderr
 
 
 def test_sigterm_during_a_request_abandons_it_at_once() -> None:
-    with silent_server() as url:
-        client = start_poll("--url", url, "--timeout", "30", "--log-format", "json")
-        time.sleep(1.0)  # the first request is waiting for an answer that never comes
+    with silent_server() as server:
+        client = PollRun("--url", server.url, "--timeout", "30", "--log-format", "json")
+        wait_until(lambda: server.accepted >= 1, 30, "the client's first request")
         sent = time.monotonic()
         client.send_signal(signal.SIGTERM)
-        _, stderr = client.communicate(timeout=10)
+        returncode, _, stderr = client.finish(timeout=10)
         assert time.monotonic() - sent < 1.0
-    assert client.returncode == 0
+    assert returncode == 0
     assert summary(stderr)["requests"] == 0
 
 
@@ -204,25 +198,19 @@ def test_client_metrics_are_served_when_asked(start_service: ServiceFactory) -> 
 
     service = start_service(PRICE_TICK_SECONDS="0.5")
     port = free_port()
-    client = start_poll("--url", service.url, "--interval", "0.3", "--metrics-port", str(port))
+    client = PollRun("--url", service.url, "--interval", "0.3", "--metrics-port", str(port))
     scraped: list[str] = []
 
-    def scrape() -> None:
-        for _ in range(50):
-            try:
-                text = requests.get(f"http://{HOST}:{port}/metrics", timeout=1).text
-                if 'crypto_poll_polls_total{outcome="fresh"} 2.0' in text:
-                    scraped.append(text)
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
+    def two_fresh_polls_scraped() -> bool:
+        try:
+            text = requests.get(f"http://{HOST}:{port}/metrics", timeout=1).text
+        except requests.RequestException:
+            return False
+        scraped.append(text)
+        return 'crypto_poll_polls_total{outcome="fresh"} 2.0' in text
 
-    thread = threading.Thread(target=scrape)
-    thread.start()
-    thread.join()
+    wait_until(two_fresh_polls_scraped, 30, "the client's metrics to show two fresh polls")
     client.send_signal(signal.SIGINT)
-    client.communicate(timeout=10)
-    assert scraped, "the client's metrics never showed two fresh polls"
-    assert "crypto_poll_retries_total" in scraped[0] or "crypto_poll_retries" in scraped[0]
-    assert 'crypto_poll_price{symbol="BTC"}' in scraped[0]
+    client.finish(timeout=10)
+    assert "crypto_poll_retries_total" in scraped[-1] or "crypto_poll_retries" in scraped[-1]
+    assert 'crypto_poll_price{symbol="BTC"}' in scraped[-1]

@@ -162,14 +162,10 @@ def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_zero(
 
     poller = threading.Thread(target=slow_poll)
     poller.start()
-    time.sleep(0.5)  # the slow request is in flight
+    service.wait_in_flight(1)
     started = time.monotonic()
     service.process.send_signal(15)
-    time.sleep(0.2)
-    try:
-        results["ready"] = keepalive.get(f"{service.url}/readyz", timeout=5).status_code
-    except requests.ConnectionError:
-        results["ready"] = "refused"
+    results["ready"] = service.wait_draining(keepalive)
     poller.join(timeout=15)
     code = service.process.wait(timeout=15)
     assert results["slow"] == 200

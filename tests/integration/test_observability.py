@@ -130,9 +130,15 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
             30,
             "prometheus to scrape the client",
         )
-        time.sleep(22)  # a full rate window of steady load, and then some
-        at = time.time() - 2  # leave time for the last scrape to land
-        time.sleep(2.5)
+        time.sleep(22)  # the load itself: a full rate window of it, and then some
+        at = time.time() - 1
+
+        def scraped_after_at() -> bool:
+            # Both targets' newest scrape is past ``at``: the rate at ``at`` is complete.
+            newest = prometheus.query("timestamp(up)", time.time())
+            return len(newest) == 2 and all(float(s["value"][1]) > at for s in newest)
+
+        wait_until(scraped_after_at, 15, "a scrape of both targets after the chosen instant")
     finally:
         load.stop.set()
         for worker in workers:

@@ -13,7 +13,6 @@ import string
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import (
     HOST,
+    PollRun,
     RedisServer,
     Service,
     ServiceFactory,
@@ -224,18 +224,13 @@ def test_random_paths_do_not_grow_the_metric_series(start_service: ServiceFactor
     assert series_count(service) == before
 
 
-def worker_pids(master: int) -> set[int]:
-    children = Path(f"/proc/{master}/task/{master}/children")
-    return {int(pid) for pid in children.read_text().split()}
-
-
 def test_a_killed_worker_is_replaced_and_the_totals_keep_counting(
     start_service: ServiceFactory, redis_storage: RedisServer
 ) -> None:
     service = start_service(
         WORKERS="3", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="1000000/minute"
     )
-    original = worker_pids(service.process.pid)
+    original = service.worker_pids()
     assert len(original) == 3
     outcomes: Counter[str] = Counter()
     stop = threading.Event()
@@ -251,19 +246,13 @@ def test_a_killed_worker_is_replaced_and_the_totals_keep_counting(
     threads = [threading.Thread(target=poll) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    wait_until(lambda: outcomes["200"] >= 50, 30, "50 answered polls before the kill")
     before_kill = service.metric("http_requests_total", route="/crypto-price", status="200")
     victim = sorted(original)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_until(
-        lambda: (
-            len(worker_pids(service.process.pid)) == 3
-            and victim not in worker_pids(service.process.pid)
-        ),
-        15,
-        "a replacement worker",
-    )
-    time.sleep(1.5)
+    service.wait_workers_replaced({victim})
+    after_replacement = outcomes["200"]
+    wait_until(lambda: outcomes["200"] >= after_replacement + 50, 30, "50 polls answered after it")
     stop.set()
     for thread in threads:
         thread.join()
@@ -404,10 +393,9 @@ def test_sigterm_with_slow_requests_in_flight_drains_them_all_and_exits_zero(
         slow = [
             pool.submit(requests.get, f"{service.url}/crypto-price", timeout=15) for _ in range(5)
         ]
-        time.sleep(0.5)
+        service.wait_in_flight(5)
         service.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        readiness = keepalive.get(f"{service.url}/readyz", timeout=5).status_code
+        readiness = service.wait_draining(keepalive)
         statuses = [future.result().status_code for future in slow]
     assert readiness == 503
     assert statuses == [200] * 5
@@ -421,29 +409,23 @@ def test_the_client_survives_two_server_restarts_and_counts_them(
 
     port = str(free_port())
     service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
-    client = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "crypto-poll"),
-            "--url",
-            service.url,
-            "--count",
-            "16",
-            "--interval",
-            "0.5",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    client = PollRun(
+        "--url",
+        service.url,
+        "--count",
+        "16",
+        "--interval",
+        "0.5",
+        "--log-format",
+        "json",
     )
-    for _ in range(2):
-        time.sleep(2.0)
+    for restart in range(1, 3):
+        client.wait_for_output(4 * restart)  # it is polling this server
         assert service.stop() == 0
-        time.sleep(1.5)  # down: the client retries meanwhile
+        client.wait_for_log('"retrying"', count=restart)  # it noticed the server is gone
         service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
-    stdout, stderr = client.communicate(timeout=120)
-    assert client.returncode == 0, stderr  # every poll rode out the restarts
+    returncode, stdout, stderr = client.finish(timeout=120)
+    assert returncode == 0, stderr  # every poll rode out the restarts
     assert "Traceback" not in stderr
     lines = [json.loads(line) for line in stderr.splitlines()]
     summary = next(line for line in lines if line["event"] == "summary")
