@@ -3,32 +3,35 @@ that says whether it is worth retrying."""
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from typing import Any
+from dataclasses import dataclass
 
 import requests
 
+from client.payload import (
+    MAX_BODY_BYTES,
+    BadPayload,
+    PollError,
+    Quote,
+    error_code,
+    parse_etag,
+    parse_max_age,
+    parse_quotes,
+    parse_retry_after,
+)
 from client.version import USER_AGENT
 
+__all__ = [
+    "BadPayload",
+    "FatalError",
+    "Fetched",
+    "PollError",
+    "PriceClient",
+    "Quote",
+    "RetryableError",
+]
+
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-QUOTE_FIELDS = {
-    "price": float,
-    "symbol": str,
-    "tick": int,
-    "updated_at": float,
-    "next_update_at": float,
-}
-
-
-class PollError(Exception):
-    """A fetch that brought no usable price. ``reason`` is short and safe to print."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class RetryableError(PollError):
@@ -46,21 +49,6 @@ class FatalError(PollError):
     def __init__(self, reason: str, status: int) -> None:
         super().__init__(reason)
         self.status = status
-
-
-class BadPayload(PollError):
-    """The server answered 200 with something that is not a price document."""
-
-
-@dataclass(frozen=True)
-class Quote:
-    symbol: str
-    price: float
-    tick: int
-    updated_at: float
-    next_update_at: float
-    timestamp: float
-    fields: dict[str, Any] = field(compare=False, repr=False)  # everything the API returned
 
 
 @dataclass(frozen=True)
@@ -114,10 +102,20 @@ class PriceClient:
         self.in_flight = True
         try:
             response = self.session.get(
-                self.endpoint, params=self.params, headers=headers, timeout=self.timeout
+                self.endpoint,
+                params=self.params,
+                headers=headers,
+                timeout=self.timeout,
+                stream=True,  # the body is read below, bounded
             )
+            with response:
+                content = _read_bounded(response)
         except requests.Timeout:
             raise RetryableError(f"timed out after {self.timeout:g} s") from None
+        except requests.exceptions.ChunkedEncodingError:
+            raise RetryableError("connection broken in the middle of the body") from None
+        except requests.exceptions.ContentDecodingError:
+            raise BadPayload("the body could not be decompressed") from None
         except requests.ConnectionError as exc:
             raise RetryableError(f"connection failed: {_root_cause(exc)}") from None
         except requests.RequestException as exc:
@@ -127,13 +125,16 @@ class PriceClient:
         latency = time.monotonic() - started
         received_at = time.time()
         status = response.status_code
+        max_age = parse_max_age(response.headers.get("Cache-Control"))
         if status == 304:
-            return Fetched((), True, self.etag, _max_age(response), latency, received_at)
+            return Fetched((), True, self.etag, max_age, latency, received_at)
         if status != 200:
-            raise _status_error(response)
-        quotes = _parse(response)
-        self.etag = response.headers.get("ETag") or None
-        return Fetched(quotes, False, self.etag, _max_age(response), latency, received_at)
+            raise _status_error(response, content)
+        if content is None:
+            raise BadPayload(f"larger than {MAX_BODY_BYTES} bytes")
+        quotes = parse_quotes(content, response.headers.get("Content-Type"))
+        self.etag = parse_etag(response.headers.get("ETag"))
+        return Fetched(quotes, False, self.etag, max_age, latency, received_at)
 
     def close(self) -> None:
         self.session.close()
@@ -145,82 +146,29 @@ class PriceClient:
         self.close()
 
 
-def _status_error(response: requests.Response) -> PollError:
+def _read_bounded(response: requests.Response) -> bytes | None:
+    """The body, or None when it is longer than MAX_BODY_BYTES (not read further)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_error(response: requests.Response, content: bytes | None) -> PollError:
     status = response.status_code
     reason = f"HTTP {status}"
-    try:
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            reason += f" {body['error']}"
-    except ValueError:
-        pass
+    code = error_code(content) if content is not None else None
+    if code is not None:
+        reason += f" {code}"
     if status in RETRYABLE_STATUSES or status == 500:
         return RetryableError(
             reason, status, parse_retry_after(response.headers.get("Retry-After"))
         )
     return FatalError(reason, status)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; 0 if absent."""
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value[:9]))
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _max_age(response: requests.Response) -> float | None:
-    for directive in response.headers.get("Cache-Control", "").split(","):
-        name, _, value = directive.strip().partition("=")
-        if name.lower() == "max-age" and value.isdigit():
-            return float(value)
-    return None
-
-
-def _parse(response: requests.Response) -> tuple[Quote, ...]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise BadPayload(_describe_bad_body(response, "not JSON")) from None
-    if not isinstance(body, dict):
-        raise BadPayload(_describe_bad_body(response, "not a JSON object"))
-    items = body.get("prices") if "prices" in body else [body]
-    if not isinstance(items, list) or not items:
-        raise BadPayload("'prices' is not a non-empty list")
-    timestamp = body.get("timestamp")
-    if not _is_number(timestamp):
-        raise BadPayload("field 'timestamp' is missing or not a number")
-    return tuple(_quote(item, float(timestamp)) for item in items)  # type: ignore[arg-type]
-
-
-def _quote(item: object, timestamp: float) -> Quote:
-    if not isinstance(item, dict):
-        raise BadPayload("a quote is not a JSON object")
-    values: dict[str, Any] = {}
-    for name, kind in QUOTE_FIELDS.items():
-        value = item.get(name)
-        ok = isinstance(value, str) if kind is str else _is_number(value)
-        if kind is int and ok:
-            ok = float(value).is_integer()  # type: ignore[arg-type]
-        if not ok:
-            raise BadPayload(f"field {name!r} is missing or not a {kind.__name__}")
-        values[name] = kind(value)
-    return Quote(**values, timestamp=timestamp, fields={**item, "timestamp": timestamp})
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _describe_bad_body(response: requests.Response, problem: str) -> str:
-    content_type = response.headers.get("Content-Type", "no content type")
-    return f"{problem} ({content_type}, {len(response.content)} bytes)"
 
 
 def _root_cause(exc: BaseException) -> str:

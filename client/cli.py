@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -36,17 +37,7 @@ class Printer(Listener):
         self.output = output
 
     def on_quote(self, quote: Quote, previous: Quote | None) -> None:
-        if self.output == "json":
-            line = json.dumps(quote.fields, separators=(",", ":"))
-        else:
-            # The seed client's line first, unchanged, then what it lacked.
-            line = f"Price: ${quote.price:.2f} | Time: {quote.timestamp:.2f} | {quote.symbol}"
-            if previous is None:
-                line += " | change: n/a"
-            else:
-                delta = quote.price - previous.price
-                line += f" | change: {delta:+.2f} ({delta / previous.price:+.2%})"
-        click.echo(line)
+        click.echo(format_quote(quote, previous, self.output))
 
     def on_retry(self, event: RetryEvent) -> None:
         log.warning(
@@ -57,15 +48,56 @@ class Printer(Listener):
         log.error("poll failed", poll=poll, attempts=attempts, reason=error.reason)
 
 
+def format_quote(quote: Quote, previous: Quote | None, output: str) -> str:
+    """One line for a quote: every field as JSON, or the seed client's line followed by
+    what it lacked (the symbol when the server names one, the change since the last)."""
+    if output == "json":
+        return json.dumps(quote.fields, separators=(",", ":"))
+    line = f"Price: ${quote.price:.2f} | Time: {quote.timestamp:.2f}"
+    if quote.symbol is not None:
+        line += f" | {quote.symbol}"
+    if previous is None:
+        return line + " | change: n/a"
+    delta = quote.price - previous.price
+    line += f" | change: {delta:+.2f}"
+    if previous.price != 0 and math.isfinite(delta):
+        line += f" ({delta / previous.price:+.2%})"
+    return line
+
+
 class FanOut(Listener):
+    """Every event to every listener, in order."""
+
     def __init__(self, *listeners: Listener) -> None:
         self.listeners = listeners
 
-    def __getattribute__(self, name: str) -> object:
-        if name.startswith("on_"):
-            targets = object.__getattribute__(self, "listeners")
-            return lambda *args: [getattr(t, name)(*args) for t in targets]
-        return object.__getattribute__(self, name)
+    def on_poll(self, outcome: str) -> None:
+        for listener in self.listeners:
+            listener.on_poll(outcome)
+
+    def on_quote(self, quote: Quote, previous: Quote | None) -> None:
+        for listener in self.listeners:
+            listener.on_quote(quote, previous)
+
+    def on_retry(self, event: RetryEvent) -> None:
+        for listener in self.listeners:
+            listener.on_retry(event)
+
+    def on_failure(self, poll: int, error: PollError, attempts: int) -> None:
+        for listener in self.listeners:
+            listener.on_failure(poll, error, attempts)
+
+    def on_request(self, seconds: float) -> None:
+        for listener in self.listeners:
+            listener.on_request(seconds)
+
+    def on_change_delay(self, seconds: float) -> None:
+        for listener in self.listeners:
+            listener.on_change_delay(seconds)
+
+    def on_skipped_ticks(self, ticks: int) -> None:
+        for listener in self.listeners:
+            listener.on_skipped_ticks(ticks)
 
 
 def _configure_logging(log_format: str, quiet: bool) -> None:

@@ -38,8 +38,16 @@ class ClientMetrics(Listener):
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
             registry=self.registry,
         )
+        self.skipped_ticks = Counter(
+            "crypto_poll_skipped_ticks",
+            "Price ticks that passed unseen between two fresh quotes.",
+            registry=self.registry,
+        )
         self.price = Gauge(
-            "crypto_poll_price", "Last price seen, by symbol.", ["symbol"], registry=self.registry
+            "crypto_poll_price",
+            "Last price seen, by symbol (empty when the server names none).",
+            ["symbol"],
+            registry=self.registry,
         )
         for outcome in OUTCOMES:
             self.polls.labels(outcome)
@@ -51,7 +59,7 @@ class ClientMetrics(Listener):
         self.polls.labels(outcome).inc()
 
     def on_quote(self, quote: Quote, previous: Quote | None) -> None:
-        self.price.labels(quote.symbol).set(quote.price)
+        self.price.labels(quote.symbol or "").set(quote.price)
 
     def on_retry(self, event: RetryEvent) -> None:
         self.retries.labels(event.label).inc()
@@ -61,3 +69,6 @@ class ClientMetrics(Listener):
 
     def on_change_delay(self, seconds: float) -> None:
         self.change_delay.observe(seconds)
+
+    def on_skipped_ticks(self, ticks: int) -> None:
+        self.skipped_ticks.inc(ticks)

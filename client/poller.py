@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from client.api import BadPayload, Fetched, PollError, PriceClient, Quote, RetryableError
 from client.retry import Interrupted, RetryEvent, RetryPolicy, fetch_with_retries
-from client.schedule import TickGrid, next_poll_at
+from client.schedule import next_poll_at
 
 
 @dataclass
@@ -24,7 +24,8 @@ class Stats:
     bad_payloads: int = 0  # counted in failures too
     requests: int = 0
     retries: int = 0
-    price_changes: int = 0  # new ticks seen after the first quote of each symbol
+    price_changes: int = 0  # new prices seen after the first quote of each symbol
+    skipped_ticks: int = 0  # ticks that passed unseen between two fresh quotes
     latencies: list[float] = field(default_factory=list)  # of successful requests, seconds
     change_delays: list[float] = field(default_factory=list)  # tick start -> seen, seconds
 
@@ -48,6 +49,7 @@ class Stats:
             "requests": self.requests,
             "retries": self.retries,
             "price_changes": self.price_changes,
+            "skipped_ticks": self.skipped_ticks,
             "latency_p50_ms": round(quantiles[0] * 1000, 2) if quantiles else None,
             "latency_p95_ms": round(quantiles[1] * 1000, 2) if quantiles else None,
             "mean_change_delay_s": round(statistics.fmean(delays), 3) if delays else None,
@@ -72,6 +74,7 @@ class Listener:
     def on_failure(self, poll: int, error: PollError, attempts: int) -> None: ...
     def on_request(self, seconds: float) -> None: ...
     def on_change_delay(self, seconds: float) -> None: ...
+    def on_skipped_ticks(self, ticks: int) -> None: ...
 
 
 class Poller:
@@ -91,25 +94,25 @@ class Poller:
         self.stats = Stats()
         self._rng = rng or random.Random()
         self._clock = clock
-        self._last: dict[str, Quote] = {}
-        self._grid: TickGrid | None = None
+        self._last: dict[str | None, Quote] = {}
+        self._next_tick_at: float | None = None  # local time the next price is due
         self._not_before = 0.0
+        self._offset: float | None = None  # server clock minus local clock, when known
         self._failures_in_a_row = 0
 
     def run(self) -> Stats:
         options = self.options
         while not self.stop.is_set():
-            started = self._clock()
             if not self._poll_once():
                 break  # interrupted by stop: this poll is not counted
             if options.count and self.stats.polls >= options.count:
                 break
             at = next_poll_at(
-                last_start=started,
+                last_end=self._clock(),  # after the poll's retries and their waits
                 interval=options.interval,
                 consecutive_failures=self._failures_in_a_row,
                 not_before=self._not_before,
-                grid=self._grid,
+                next_tick_at=self._next_tick_at,
                 align=options.align,
                 spread=options.spread,
                 rng=self._rng,
@@ -159,25 +162,45 @@ class Poller:
         self.listener.on_retry(event)
 
     def _learn_schedule(self, fetched: Fetched) -> None:
-        if fetched.quotes:
+        due = [
+            q.next_update_at
+            for q in fetched.quotes
+            if q.next_update_at is not None and q.period is not None
+        ]
+        if due:
             quote = fetched.quotes[0]
-            period = quote.next_update_at - quote.updated_at
-            if period > 0:
-                # Server time -> local time, from the response's own timestamp.
-                offset = quote.timestamp - (fetched.received_at - fetched.latency / 2)
-                self._grid = TickGrid(anchor=quote.updated_at - offset, period=period)
-        elif fetched.max_age is not None and self._grid is None:
+            # Server time -> local time, from the response's own timestamp, which was
+            # taken at most half the round trip either side of its midpoint: wait that
+            # much longer, so an early clock never asks before the tick has turned.
+            offset = quote.timestamp - (fetched.received_at - fetched.latency / 2)
+            self._next_tick_at = min(due) - offset + fetched.latency / 2
+            self._offset = offset
+        elif fetched.max_age is not None and self._next_tick_at is None:
+            # No tick hints: a max-age still says how long this answer stays current.
             self._not_before = fetched.received_at + fetched.max_age
 
     def _report(self, fetched: Fetched) -> None:
+        skipped = 0
         for quote in fetched.quotes:
             previous = self._last.get(quote.symbol)
-            if previous is not None and quote.tick > previous.tick:
+            if previous is not None and _is_newer(quote, previous):
                 self.stats.price_changes += 1
-                if self._grid is not None:
-                    # The grid was just anchored at this tick's start, in local time.
-                    delay = max(0.0, fetched.received_at - self._grid.anchor)
+                if quote.updated_at is not None and self._offset is not None:
+                    delay = max(0.0, fetched.received_at - (quote.updated_at - self._offset))
                     self.stats.change_delays.append(delay)
                     self.listener.on_change_delay(delay)
+                if quote.tick is not None and previous.tick is not None:
+                    skipped = max(skipped, quote.tick - previous.tick - 1)
             self.listener.on_quote(quote, previous)
             self._last[quote.symbol] = quote
+        if skipped > 0:
+            # Ticks are the server's, shared by every symbol: counted once per poll.
+            self.stats.skipped_ticks += skipped
+            self.listener.on_skipped_ticks(skipped)
+
+
+def _is_newer(quote: Quote, previous: Quote) -> bool:
+    """A new price: a later tick when the server numbers them, else a different price."""
+    if quote.tick is not None and previous.tick is not None:
+        return quote.tick > previous.tick
+    return quote.price != previous.price

@@ -1,25 +1,12 @@
-"""When to poll next: never before ``interval``, on the server's tick when it says when
-that is, later after failures, and never before a Retry-After."""
+"""When to poll next: never sooner than ``interval`` after the last poll ended, never
+before the next price is due when the server says when that is, later after failures, and
+never before a Retry-After."""
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
 
 MAX_FAILURE_GAP = 60.0  # seconds: the longest gap that repeated failures stretch to
-
-
-@dataclass(frozen=True)
-class TickGrid:
-    """The server's tick boundaries in local time: ``anchor + k * period``."""
-
-    anchor: float
-    period: float
-
-    def next_boundary(self, at_or_after: float) -> float:
-        steps: int = math.ceil((at_or_after - self.anchor) / self.period - 1e-9)
-        return self.anchor + steps * self.period
 
 
 def failure_gap(interval: float, consecutive_failures: int) -> float:
@@ -31,23 +18,29 @@ def failure_gap(interval: float, consecutive_failures: int) -> float:
 
 def next_poll_at(
     *,
-    last_start: float,
+    last_end: float,
     interval: float,
     consecutive_failures: int,
     not_before: float,
-    grid: TickGrid | None,
+    next_tick_at: float | None,
     align: bool,
     spread: float,
     rng: random.Random,
 ) -> float:
     """Local unix time of the next poll.
 
-    Aligned (the default, when the server gave a tick grid): at least ``interval`` after the
-    last poll started, then the first tick boundary at or after that, plus a random spread
-    in [0, spread] so that many clients do not arrive in the same millisecond. Otherwise the
-    plain fixed interval, as the seed client did.
+    ``last_end`` is when the last poll *ended*, its retries and their waits included: a
+    poll that took long (a Retry-After, a server coming up) must not make the next one
+    fire at once and fetch the price it just got.
+
+    Aligned (the default, when the server said when its next price is due,
+    ``next_tick_at`` in local time): at least ``interval`` after the last poll, and not
+    before the next price, plus a random spread in [0, spread] so that many clients do not
+    arrive in the same millisecond. When the interval has already carried past that
+    moment, a newer price is out: poll then, rather than wait for a later one and skip it.
+    Otherwise the plain fixed interval, as the seed client did.
     """
-    earliest = max(last_start + failure_gap(interval, consecutive_failures), not_before)
-    if not (align and grid is not None):
+    earliest = max(last_end + failure_gap(interval, consecutive_failures), not_before)
+    if not align or next_tick_at is None:
         return earliest
-    return grid.next_boundary(earliest) + rng.uniform(0.0, spread)
+    return max(earliest, next_tick_at + rng.uniform(0.0, spread))

@@ -40,6 +40,7 @@ class ScriptedServer:
     def __init__(self, script: list[Answer]) -> None:
         self.script = script
         self.requests: list[dict[str, str]] = []
+        self.answered: list[int] = []  # the status of each answer sent
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +59,7 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                server.answered.append(answer.status)
 
             def log_message(self, *_args: object) -> None:
                 pass

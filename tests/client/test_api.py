@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from email.utils import formatdate
-
 import pytest
 
-from client.api import BadPayload, FatalError, PriceClient, RetryableError, parse_retry_after
+from client.api import BadPayload, FatalError, PriceClient, RetryableError
+from client.payload import MAX_BODY_BYTES
 from tests.scripted_server import Answer, ScriptedServer, quote_body
 
 JSON = {"Content-Type": "application/json"}
@@ -49,8 +47,10 @@ def test_several_symbols_use_the_batch_endpoint_and_keep_every_field() -> None:
         ("[1, 2]", "not a JSON object"),
         ({**quote_body(), "price": "cheap"}, "'price'"),
         ({**quote_body(), "price": True}, "'price'"),
-        ({k: v for k, v in quote_body().items() if k != "tick"}, "'tick'"),
-        ({**quote_body(), "tick": 1.5}, "'tick'"),
+        ({**quote_body(), "price": int("9" * 400)}, "'price'"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+        ('{"price": 1, "timestamp": 1, "x": ' + "[" * 40 + "]" * 40 + "}", "nested deeper"),
+        (b"\xff\x00", "not JSON"),
         ({**quote_body(), "timestamp": None}, "'timestamp'"),
         ({"prices": [], "timestamp": 1.0}, "non-empty list"),
         ({"prices": ["x"], "timestamp": 1.0}, "not a JSON object"),
@@ -96,10 +96,28 @@ def test_refused_connection_is_retryable() -> None:
         PriceClient(url, timeout=1).fetch()
 
 
-def test_retry_after_in_seconds_or_http_date() -> None:
-    now = time.time()
-    assert parse_retry_after("12") == 12.0
-    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
-    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
-    assert parse_retry_after("soon") == 0.0
-    assert parse_retry_after(None) == 0.0
+def test_the_seed_servers_document_is_a_quote_with_no_hints() -> None:
+    body = {"price": 101.23, "timestamp": 1692789123.45}
+    with ScriptedServer([Answer(200, body, JSON)]) as server:
+        fetched = PriceClient(server.url).fetch()
+    (quote,) = fetched.quotes
+    assert (quote.price, quote.timestamp) == (101.23, 1692789123.45)
+    assert (quote.symbol, quote.tick, quote.period) == (None, None, None)
+    assert fetched.etag is None and fetched.max_age is None
+
+
+def test_malformed_hints_are_ignored_not_fatal() -> None:
+    body = {**quote_body(101.0), "tick": 1.5, "symbol": "B\nC", "next_update_at": "soon"}
+    headers = {**JSON, "ETag": '"a"\x7f', "Cache-Control": "max-age=\u00b2"}
+    with ScriptedServer([Answer(200, body, headers)]) as server:
+        fetched = PriceClient(server.url).fetch()
+    (quote,) = fetched.quotes
+    assert (quote.price, quote.tick, quote.symbol, quote.period) == (101.0, None, None, None)
+    assert fetched.etag is None and fetched.max_age is None
+
+
+def test_a_body_over_the_bound_is_refused_without_reading_it_all() -> None:
+    huge = b'{"price": 1, "timestamp": 1, "pad": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
+    with ScriptedServer([Answer(200, huge, JSON)]) as server:
+        with pytest.raises(BadPayload, match="larger than"):
+            PriceClient(server.url).fetch()

@@ -6,7 +6,9 @@ turns the skip into a failure so CI cannot pass without really running them.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import shutil
 import signal
@@ -101,6 +103,19 @@ def redis_storage(redis_server: RedisServer) -> RedisServer:
     return redis_server
 
 
+@dataclass(frozen=True)
+class Served:
+    """One request as the service's own access log tells it."""
+
+    status: int
+    started_at: float  # unix time: the log line's time less the request's duration
+    client: str
+
+    def tick(self, tick_seconds: float) -> int:
+        """The price tick current when the request was handled."""
+        return math.floor(self.started_at / tick_seconds)
+
+
 class Service:
     """``crypto-service`` running under gunicorn, as a user would start it."""
 
@@ -169,6 +184,20 @@ class Service:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def served(self, route: str = "/crypto-price") -> list[Served]:
+        """The requests to ``route`` as the service logged them, in order."""
+        found = []
+        for line in self.logs().splitlines():
+            if '"event":"request"' not in line:
+                continue
+            entry = json.loads(line)
+            if entry["route"] != route:
+                continue
+            ended = datetime.datetime.fromisoformat(entry["timestamp"]).timestamp()
+            started = ended - entry["duration_ms"] / 1000
+            found.append(Served(entry["status"], started, entry["client"]))
+        return sorted(found, key=lambda served: served.started_at)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples matching ``labels`` in a fresh scrape (0 when none)."""

@@ -4,6 +4,7 @@ servers that misbehave."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import HOST, PollRun, ServiceFactory, free_port, wait_until
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import (
+    HOST,
+    PollRun,
+    Served,
+    ServiceFactory,
+    free_port,
+    wait_until,
+)
 from tests.scripted_server import Answer, ScriptedServer, quote_body, silent_server
 
+JSON = {"Content-Type": "application/json"}
 POLL = str(Path(sys.executable).parent / "crypto-poll")
 
 
@@ -74,43 +86,158 @@ def test_json_output_has_every_field_for_several_symbols(start_service: ServiceF
     )
 
 
-def test_a_server_that_comes_up_three_seconds_late_is_waited_for(
+SEED_APP = Path(__file__).parents[1] / "seed_app.py"
+SEED_LINE = re.compile(
+    r"Price: \$(?P<price>[0-9]+\.[0-9]{2}) \| Time: [0-9]+\.[0-9]{2} \| change: "
+    r"(?P<change>n/a|(?P<delta>[+-][0-9]+\.[0-9]{2}) \([+-][0-9.]+%\))"
+)
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def seed_requests(log: Path) -> int:
+    return log.read_text().count('"GET /crypto-price HTTP/1.1" 200')
+
+
+def test_against_the_seed_server_each_poll_is_a_seed_line_with_the_change(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "seed.log"
+    log = log_path.open("w")
+    seed = subprocess.Popen(
+        [sys.executable, str(SEED_APP), str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_until(lambda: answers(f"{url}/crypto-price"), 30, "the seed server")
+        served_before = seed_requests(log_path)
+        started = time.monotonic()
+        result = poll("--url", url, "--count", "4", "--interval", "0.5", "--log-format", "json")
+        elapsed = time.monotonic() - started
+        wait_until(
+            lambda: seed_requests(log_path) == served_before + 4,
+            10,
+            "the seed server to log four more requests",
+        )
+    finally:
+        seed.terminate()
+        seed.wait(timeout=10)
+        log.close()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    parsed = [SEED_LINE.fullmatch(line) for line in lines]
+    assert all(parsed), lines
+    prices = [float(match["price"]) for match in parsed if match]
+    assert parsed[0] and parsed[0]["change"] == "n/a"
+    for before, after, match in zip(prices, prices[1:], parsed[1:], strict=False):
+        assert match and float(match["delta"]) == round(after - before, 2)
+    assert elapsed >= 1.5  # the fixed interval, three times
+    stats = summary(result.stderr)
+    assert (stats["polls"], stats["fresh"], stats["failures"], stats["skipped_ticks"]) == (
+        4,
+        4,
+        0,
+        0,
+    )
+
+
+def server_side(served: list[Served], tick_seconds: float) -> dict[str, int]:
+    """What the service's own access log says of one client's polls: 200s and 429s, 304s
+    that came right after a 200 (a wasted poll), ticks that passed between two 200s, and
+    those of them that passed while the service answered nothing but 200s (a skip the
+    client's schedule caused, not one a refusal or an outage did)."""
+    counts = {"fresh": 0, "limited": 0, "wasted": 0, "skipped": 0, "skipped_while_answering": 0}
+    last_fresh_tick: int | None = None
+    refused_since = False
+    previous_status: int | None = None
+    for request in served:
+        if request.status == 304 and previous_status == 200:
+            counts["wasted"] += 1
+        if request.status == 429:
+            counts["limited"] += 1
+        if request.status == 200:
+            counts["fresh"] += 1
+            tick = request.tick(tick_seconds)
+            if last_fresh_tick is not None:
+                gap = max(0, tick - last_fresh_tick - 1)
+                counts["skipped"] += gap
+                if not refused_since:
+                    counts["skipped_while_answering"] += gap
+            last_fresh_tick, refused_since = tick, False
+        elif request.status != 304:
+            refused_since = True
+        previous_status = request.status
+    return counts
+
+
+def test_after_a_429_with_retry_after_no_poll_is_wasted_and_no_tick_skipped(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS="1", RATE_LIMIT="4 per 6 seconds")
+    result = poll("--url", service.url, "--count", "8", "--interval", "0.5", "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    stats = summary(result.stderr)
+    service.stop()  # the access log is complete
+    seen = server_side(service.served(), 1.0)
+    assert 1 <= seen["limited"] <= 2  # the path under test was taken; Retry-After honoured
+    assert seen["wasted"] == 0 and seen["skipped_while_answering"] == 0, seen
+    assert (stats["fresh"], stats["unchanged"], stats["retries"]) == (8, 0, seen["limited"])
+    assert seen["fresh"] == 8
+    assert stats["skipped_ticks"] == seen["skipped"]  # the ticks lost while refused, counted
+
+
+def test_a_server_that_comes_up_late_is_waited_for_then_polled_every_tick(
     start_service: ServiceFactory,
 ) -> None:
     port = str(free_port())
-    client = PollRun("--url", f"http://{HOST}:{port}", "--count", "1", "--log-format", "json")
+    client = PollRun(
+        "--url", f"http://{HOST}:{port}", "--count", "5", "--interval", "0.5",
+        "--log-format", "json",
+    )  # fmt: skip
     client.wait_for_log('"retrying"')  # it found nobody and is retrying
-    time.sleep(3)
-    start_service(PORT=port)
+    time.sleep(2)
+    service = start_service(PORT=port, PRICE_TICK_SECONDS="1")
     returncode, stdout, stderr = client.finish()
     assert returncode == 0, stderr
     assert stdout.startswith("Price: $")
-    stats = summary(stderr)
-    assert stats["polls"] == 1 and stats["retries"] >= 1 and stats["failures"] == 0
     assert "connection failed" in stderr  # each retry is logged with its reason
+    stats = summary(stderr)
+    assert stats["polls"] == 5 and stats["retries"] >= 1 and stats["failures"] == 0
+    service.stop()
+    seen = server_side(service.served(), 1.0)
+    assert seen == {
+        "fresh": 5,
+        "limited": 0,
+        "wasted": 0,
+        "skipped": 0,
+        "skipped_while_answering": 0,
+    }
+    assert (stats["unchanged"], stats["skipped_ticks"]) == (0, 0)
 
 
-def test_429_retry_after_is_honoured_rather_than_hammering(start_service: ServiceFactory) -> None:
-    service = start_service(RATE_LIMIT="2 per 4 seconds")
-    started = time.monotonic()
+def test_a_client_polling_slower_than_the_ticks_counts_every_skipped_tick(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS="1")
     result = poll(
-        "--url",
-        service.url,
-        "--count",
-        "4",
-        "--interval",
-        "0.1",
-        "--no-align",
-        "--log-format",
-        "json",
-    )
-    elapsed = time.monotonic() - started
+        "--url", service.url, "--count", "4", "--interval", "2.5", "--no-align",
+        "--log-format", "json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     stats = summary(result.stderr)
-    assert stats["polls"] == 4 and stats["failures"] == 0
-    limited = service.metric("http_requests_rate_limited_total", route="/crypto-price")
-    assert limited == stats["retries"] and 1 <= limited <= 2  # one 429 per exhausted window
-    assert elapsed >= 2.0  # it waited for the window to reset
+    service.stop()
+    seen = server_side(service.served(), 1.0)
+    assert seen["fresh"] == 4 and seen["skipped"] >= 3  # at least one a poll
+    assert stats["skipped_ticks"] == seen["skipped"]
+    assert stats["price_changes"] == 3  # each poll after the first sees a new price
 
 
 def test_a_server_that_never_answers_neither_hangs_nor_retries_forever() -> None:
@@ -152,7 +279,7 @@ def test_malformed_payloads_are_one_error_line_each_and_polling_goes_on() -> Non
     errors = [json.loads(line) for line in result.stderr.splitlines() if '"poll failed"' in line]
     assert [e["reason"] for e in errors] == [
         "not JSON (text/html, 17 bytes)",
-        "field 'price' is missing or not a float",
+        "field 'price' is missing or not a finite number",
     ]
     assert "Traceback" not in result.stderr
     assert result.stdout.startswith("Price: $123.45")
@@ -193,24 +320,36 @@ def test_sigterm_during_a_request_abandons_it_at_once() -> None:
     assert summary(stderr)["requests"] == 0
 
 
-def test_client_metrics_are_served_when_asked(start_service: ServiceFactory) -> None:
-    import requests
-
-    service = start_service(PRICE_TICK_SECONDS="0.5")
+def test_client_metrics_count_what_the_server_answered() -> None:
+    script = [
+        Answer(503, {"error": "unavailable", "message": "m"}, JSON),
+        Answer(200, quote_body(100.0, tick=1), JSON),
+        Answer(200, quote_body(101.0, tick=4), JSON),  # ticks 2 and 3 never seen
+    ]
     port = free_port()
-    client = PollRun("--url", service.url, "--interval", "0.3", "--metrics-port", str(port))
-    scraped: list[str] = []
+    with ScriptedServer(script) as server:
+        client = PollRun(
+            "--url", server.url, "--interval", "0.1", "--no-align", "--metrics-port", str(port)
+        )
+        scraped: list[str] = []
 
-    def two_fresh_polls_scraped() -> bool:
-        try:
-            text = requests.get(f"http://{HOST}:{port}/metrics", timeout=1).text
-        except requests.RequestException:
-            return False
-        scraped.append(text)
-        return 'crypto_poll_polls_total{outcome="fresh"} 2.0' in text
+        def scraped_fresh_polls(count: int) -> bool:
+            try:
+                text = requests.get(f"http://{HOST}:{port}/metrics", timeout=1).text
+            except requests.RequestException:
+                return False
+            scraped.append(text)
+            return f'crypto_poll_polls_total{{outcome="fresh"}} {count}.0' in text
 
-    wait_until(two_fresh_polls_scraped, 30, "the client's metrics to show two fresh polls")
-    client.send_signal(signal.SIGINT)
-    client.finish(timeout=10)
-    assert "crypto_poll_retries_total" in scraped[-1] or "crypto_poll_retries" in scraped[-1]
-    assert 'crypto_poll_price{symbol="BTC"}' in scraped[-1]
+        wait_until(lambda: scraped_fresh_polls(3), 30, "the client's metrics to show 3 polls")
+        client.send_signal(signal.SIGINT)
+        client.finish(timeout=10)
+        served_503 = sum(1 for answered in server.answered if answered == 503)
+    families = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped[-1])
+        for sample in family.samples
+    }
+    assert families[("crypto_poll_retries_total", (("reason", "http_503"),))] == served_503 == 1
+    assert families[("crypto_poll_skipped_ticks_total", ())] == 2
+    assert families[("crypto_poll_price", (("symbol", "BTC"),))] == 101.0
