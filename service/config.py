@@ -125,6 +125,14 @@ class Settings:
             fault_latency_ms=get("FAULT_LATENCY_MS", _int_between(0, 600_000), 0),
             fault_error_rate=get("FAULT_ERROR_RATE", _float_between(0.0, 1.0), 0.0),
         )
+        if settings.max_requests > 0 and not settings.shared_limit_storage:
+            raise ConfigError(
+                "MAX_REQUESTS",
+                f"recycling workers (MAX_REQUESTS={settings.max_requests}) with "
+                "RATE_LIMIT_STORAGE_URI=memory:// would start each new worker's counters at "
+                "zero and let clients past RATE_LIMIT; set MAX_REQUESTS=0, or set "
+                "RATE_LIMIT_STORAGE_URI=redis://host:port",
+            )
         if settings.workers > 1 and not settings.shared_limit_storage:
             raise ConfigError(
                 "WORKERS",

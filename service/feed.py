@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -25,6 +26,7 @@ class PriceFeed:
         self.tick_seconds = tick_seconds
         self._on_new_tick = on_new_tick
         self._latest: dict[str, Quote] = {}
+        self._advancing = threading.Lock()
         # Enough to answer the longest history of every symbol from memory.
         self._price = lru_cache(maxsize=(HISTORY_MAX + 8) * len(symbols))(model.price)
 
@@ -35,13 +37,17 @@ class PriceFeed:
         tick = self.tick_at(now)
         latest = self._latest.get(symbol)
         if latest is not None and latest.tick == tick:
-            return latest
+            return latest  # the common case, without the lock
         quote = self._quote(symbol, tick)
-        if latest is None or tick > latest.tick:
-            # A thread that lost a race to a newer tick must not move the feed back.
-            self._latest[symbol] = quote
-            if self._on_new_tick is not None:
-                self._on_new_tick(quote)
+        with self._advancing:
+            # Compared with what is current now, not with the snapshot read above: a thread
+            # that lost a race to a newer tick must not move the feed, or its gauges, back.
+            # The report is made under the lock too, so reports cannot overtake each other.
+            current = self._latest.get(symbol)
+            if current is None or tick > current.tick:
+                self._latest[symbol] = quote
+                if self._on_new_tick is not None:
+                    self._on_new_tick(quote)
         return quote
 
     def history(self, symbol: str, now: float, limit: int) -> list[Quote]:

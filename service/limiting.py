@@ -32,8 +32,7 @@ from typing import Any, cast
 
 import flask
 from limits import RateLimitItem, WindowStats, parse
-from limits.errors import StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
 
 from service.config import Settings
@@ -69,44 +68,57 @@ class Client:
     client_class: ClientClass
 
 
+# INCRBY, the expiry when this hit opened the window (as limits' own incr_expire.lua
+# does), and the milliseconds left, in one round trip.
+INCR_EXPIRE_PTTL = b"""
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if current == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+local left = redis.call("pttl", KEYS[1])
+if left < 0 then
+    redis.call("expire", KEYS[1], ARGV[1])
+    left = tonumber(ARGV[1]) * 1000
+end
+return {current, left}
+"""
+
+
 class CountingFixedWindow(FixedWindowRateLimiter):
     """limits' fixed window, answering the window's state from the hit itself: with Redis,
     one round trip per request instead of three (INCR, then GET and TTL for the headers).
 
-    The count comes back from the INCR. The window's end is known exactly when this hit
-    opened the window (count == cost: the key was created with the expiry just now);
-    otherwise it is asked of the storage once per window and process, then remembered.
+    The window's end comes with the count, every time, never from a cache: a remembered
+    end goes stale when Redis restarts or is flushed, and a TTL in whole seconds reads up
+    to a second early. With Redis it is the key's PTTL, counted from when the answer
+    arrived (so never before the real end) plus the millisecond PTTL rounds away; in
+    memory, the expiry the storage itself keeps.
     """
-
-    MAX_REMEMBERED_WINDOWS = 100_000
 
     def __init__(self, storage: Storage) -> None:
         super().__init__(storage)
-        self._window_ends: dict[str, float] = {}
         self._key_for = lru_cache(maxsize=10_000)(_key_for)
+        self._script = (
+            storage.get_connection().register_script(INCR_EXPIRE_PTTL)
+            if isinstance(storage, RedisStorage)
+            else None
+        )
 
     def hit_with_stats(
         self, item: RateLimitItem, *identifiers: str, cost: int = 1
     ) -> tuple[bool, WindowStats]:
         key = self._key_for(item, identifiers)
-        now = time.time()
-        count = int(self.storage.incr(key, item.get_expiry(), amount=cost))
-        end = self._window_ends.get(key)
-        if count == cost:
-            end = now + item.get_expiry()
-            self._remember_window_end(key, end)
-        elif end is None or end <= now:
-            end = float(self.storage.get_expiry(key))
-            self._remember_window_end(key, end)
+        expiry = item.get_expiry()
+        if self._script is not None:
+            storage = cast(RedisStorage, self.storage)
+            count, left_ms = self._script([storage.prefixed_key(key)], [expiry, cost])
+            end = time.time() + (int(left_ms) + 1) / 1000
+        else:
+            count = self.storage.incr(key, expiry, amount=cost)
+            end = self.storage.get_expiry(key)
+        count = int(count)
         return count <= item.amount, WindowStats(end, max(0, item.amount - count))
-
-    def _remember_window_end(self, key: str, end: float) -> None:
-        if len(self._window_ends) >= self.MAX_REMEMBERED_WINDOWS:
-            now = time.time()
-            self._window_ends = {k: v for k, v in self._window_ends.items() if v > now}
-            if len(self._window_ends) >= self.MAX_REMEMBERED_WINDOWS:
-                self._window_ends.clear()
-        self._window_ends[key] = end
 
 
 def _key_for(item: RateLimitItem, identifiers: tuple[str, ...]) -> str:
@@ -151,7 +163,7 @@ class RateLimiting:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        # wrap_exceptions: every storage failure arrives as limits' StorageError.
+        # wrap_exceptions: limits reports its own storage calls' failures as StorageError.
         options: dict[str, Any] = {"wrap_exceptions": True}
         if settings.shared_limit_storage:
             options["socket_timeout"] = STORAGE_TIMEOUT_SECONDS
@@ -188,7 +200,11 @@ class RateLimiting:
             allowed, (reset_at, remaining) = hit_with_stats(
                 self.strategy, limit, KEY_PREFIX, client.key, API_SCOPE
             )
-        except StorageError as exc:
+        except Exception as exc:
+            # Not only StorageError: the Redis script's errors come unwrapped, and limits'
+            # memory storage can raise RuntimeError when two threads restart its expiry
+            # timer at once. Whatever the storage raised, the request is served or refused
+            # as RATE_LIMIT_FAIL_OPEN says, never answered 500.
             self._storage_errors.record(exc)
             if self._settings.rate_limit_fail_open:
                 return

@@ -44,7 +44,9 @@ def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    result = run(tool("kubectl"), "kustomize", str(ROOT / "k8s" / "overlays" / overlay))
+    """An overlay's documents; ``render("base")`` renders the base alone."""
+    path = ROOT / "k8s" / ("base" if overlay == "base" else f"overlays/{overlay}")
+    result = run(tool("kubectl"), "kustomize", str(path))
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from deploy import prometheusrule
+from service.config import Settings
 from tests.deploy.conftest import (
     CRD_SCHEMAS,
     OVERLAYS,
@@ -205,3 +206,16 @@ def test_dev_is_one_replica_on_the_embedded_limiter(
     assert env["RATE_LIMIT_STORAGE_URI"] == "memory://" and env["WORKERS"] == "1"
     assert not [d for d in documents if "redis" in d["metadata"]["name"]]
     assert not [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]
+
+
+@pytest.mark.parametrize("target", ["base", *OVERLAYS])
+def test_each_kustomization_applied_alone_keeps_the_limit_exact(target: str) -> None:
+    """memory:// counts per process: a target using it runs one replica of one worker that
+    is never recycled, and the service accepts its configuration."""
+    documents = render(target)
+    env = container_environment(documents, "crypto-service")
+    settings = Settings.from_env(env)  # raises ConfigError on an inconsistent combination
+    if not settings.shared_limit_storage:
+        assert find(documents, "Deployment", "crypto-service")["spec"]["replicas"] == 1
+        assert settings.workers == 1 and settings.max_requests == 0
+        assert not [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]

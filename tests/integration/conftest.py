@@ -116,6 +116,35 @@ class Served:
         return math.floor(self.started_at / tick_seconds)
 
 
+def server_side(served: list[Served], tick_seconds: float) -> dict[str, int]:
+    """What the service's own access log says of one client's polls: 200s and 429s, 304s
+    that came right after a 200 (a wasted poll), ticks that passed between two 200s, and
+    those of them that passed while the service answered nothing but 200s (a skip the
+    client's schedule caused, not one a refusal or an outage did)."""
+    counts = {"fresh": 0, "limited": 0, "wasted": 0, "skipped": 0, "skipped_while_answering": 0}
+    last_fresh_tick: int | None = None
+    refused_since = False
+    previous_status: int | None = None
+    for request in served:
+        if request.status == 304 and previous_status == 200:
+            counts["wasted"] += 1
+        if request.status == 429:
+            counts["limited"] += 1
+        if request.status == 200:
+            counts["fresh"] += 1
+            tick = request.tick(tick_seconds)
+            if last_fresh_tick is not None:
+                gap = max(0, tick - last_fresh_tick - 1)
+                counts["skipped"] += gap
+                if not refused_since:
+                    counts["skipped_while_answering"] += gap
+            last_fresh_tick, refused_since = tick, False
+        elif request.status != 304:
+            refused_since = True
+        previous_status = request.status
+    return counts
+
+
 class Service:
     """``crypto-service`` running under gunicorn, as a user would start it."""
 

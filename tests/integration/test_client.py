@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import (
     HOST,
     PollRun,
-    Served,
     ServiceFactory,
     free_port,
+    server_side,
     wait_until,
 )
 from tests.scripted_server import Answer, ScriptedServer, quote_body, silent_server
@@ -147,35 +147,6 @@ def test_against_the_seed_server_each_poll_is_a_seed_line_with_the_change(
         0,
         0,
     )
-
-
-def server_side(served: list[Served], tick_seconds: float) -> dict[str, int]:
-    """What the service's own access log says of one client's polls: 200s and 429s, 304s
-    that came right after a 200 (a wasted poll), ticks that passed between two 200s, and
-    those of them that passed while the service answered nothing but 200s (a skip the
-    client's schedule caused, not one a refusal or an outage did)."""
-    counts = {"fresh": 0, "limited": 0, "wasted": 0, "skipped": 0, "skipped_while_answering": 0}
-    last_fresh_tick: int | None = None
-    refused_since = False
-    previous_status: int | None = None
-    for request in served:
-        if request.status == 304 and previous_status == 200:
-            counts["wasted"] += 1
-        if request.status == 429:
-            counts["limited"] += 1
-        if request.status == 200:
-            counts["fresh"] += 1
-            tick = request.tick(tick_seconds)
-            if last_fresh_tick is not None:
-                gap = max(0, tick - last_fresh_tick - 1)
-                counts["skipped"] += gap
-                if not refused_since:
-                    counts["skipped_while_answering"] += gap
-            last_fresh_tick, refused_since = tick, False
-        elif request.status != 304:
-            refused_since = True
-        previous_status = request.status
-    return counts
 
 
 def test_after_a_429_with_retry_after_no_poll_is_wasted_and_no_tick_skipped(

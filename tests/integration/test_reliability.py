@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     free_port,
     redis_answers,
     require_binary,
+    server_side,
     wait_until,
 )
 
@@ -383,6 +384,26 @@ def test_redis_outage_fails_open_counts_errors_and_limits_return(
         redis_process.wait(timeout=10)
 
 
+def test_a_corrupted_counter_in_redis_is_a_counted_storage_error_not_a_500(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    import redis
+
+    service = start_service(
+        WORKERS="2", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="30/minute"
+    )
+    assert requests.get(f"{service.url}/crypto-price", timeout=10).status_code == 200
+    store = redis.Redis(host=HOST, port=redis_storage.port)
+    (key,) = store.keys("*")
+    store.set(key, "not-a-number", ex=60)  # INCRBY now fails inside the counting script
+    statuses = Counter(
+        requests.get(f"{service.url}/crypto-price", timeout=10).status_code for _ in range(5)
+    )
+    assert statuses == {200: 5}  # failed open
+    assert service.metric("ratelimit_storage_errors_total") == 5
+    assert service.metric("http_requests_total", status="500") == 0
+
+
 def test_sigterm_with_slow_requests_in_flight_drains_them_all_and_exits_zero(
     start_service: ServiceFactory,
 ) -> None:
@@ -408,30 +429,30 @@ def test_the_client_survives_two_server_restarts_and_counts_them(
     import json
 
     port = str(free_port())
-    service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    services = [start_service(PORT=port, PRICE_TICK_SECONDS="1")]
     client = PollRun(
-        "--url",
-        service.url,
-        "--count",
-        "16",
-        "--interval",
-        "0.5",
-        "--log-format",
-        "json",
+        "--url", services[0].url, "--count", "12", "--interval", "0.5", "--log-format", "json"
     )
     for restart in range(1, 3):
-        client.wait_for_output(4 * restart)  # it is polling this server
-        assert service.stop() == 0
+        client.wait_for_output(3 * restart)  # it is polling this server
+        assert services[-1].stop() == 0
         client.wait_for_log('"retrying"', count=restart)  # it noticed the server is gone
-        service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+        services.append(start_service(PORT=port, PRICE_TICK_SECONDS="1"))
     returncode, stdout, stderr = client.finish(timeout=120)
     assert returncode == 0, stderr  # every poll rode out the restarts
     assert "Traceback" not in stderr
     lines = [json.loads(line) for line in stderr.splitlines()]
     summary = next(line for line in lines if line["event"] == "summary")
     retries = [line for line in lines if line["event"] == "retrying"]
-    assert summary["polls"] == 16 and summary["failures"] == 0
-    assert summary["fresh"] + summary["unchanged"] == 16
+    assert summary["polls"] == 12 and summary["failures"] == 0
     assert summary["retries"] == len(retries) >= 2
-    assert summary["requests"] == 16 + summary["retries"]
     assert len(stdout.splitlines()) == summary["fresh"]
+    # From the servers' side: every poll they answered, none wasted, no tick skipped while
+    # they were up; the ticks that passed while they were down are the client's count.
+    services[-1].stop()
+    per_service = [server_side(service.served(), 1.0) for service in services]
+    assert sum(seen["fresh"] for seen in per_service) == summary["fresh"] == 12
+    assert all(seen["wasted"] == 0 and seen["skipped"] == 0 for seen in per_service), per_service
+    assert summary["unchanged"] == 0
+    across = server_side([r for service in services for r in service.served()], 1.0)
+    assert summary["skipped_ticks"] == across["skipped"]

@@ -60,6 +60,16 @@ def test_many_workers_with_per_process_storage_are_refused() -> None:
     assert shared.workers == 3
 
 
+def test_recycled_workers_with_per_process_storage_are_refused() -> None:
+    # Each recycled worker would start counting from zero: 10/minute let 31 of 60 through.
+    with pytest.raises(ConfigError, match="RATE_LIMIT_STORAGE_URI=memory://") as caught:
+        Settings.from_env({"MAX_REQUESTS": "20", "RATE_LIMIT": "10/minute"})
+    assert caught.value.variable == "MAX_REQUESTS"
+    assert "\n" not in str(caught.value)
+    shared = Settings.from_env({"MAX_REQUESTS": "20", "RATE_LIMIT_STORAGE_URI": "redis://h:1"})
+    assert shared.max_requests == 20
+
+
 def test_api_keys_carry_their_own_limits_and_never_show_in_the_description() -> None:
     secret = "k" * 20
     settings = Settings.from_env(

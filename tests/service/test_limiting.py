@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import flask
+import pytest
 
 from tests.conftest import AppFactory
 
@@ -128,3 +129,34 @@ def test_counters_keep_flask_limiters_key_layout(make_app: AppFactory) -> None:
     app.test_client().get("/crypto-price")
     storage = app.extensions["crypto_service"].limiting.storage
     assert storage.get("LIMITER/crypto/127.0.0.1/api/5/1/minute") == 1
+
+
+def _raise_timer_race(*_args: object, **_kwargs: object) -> int:
+    # What limits' MemoryStorage raises when two threads restart its expiry timer at once
+    # (Thread.start on a timer another thread already started).
+    raise RuntimeError("threads can only be started once")
+
+
+def test_any_exception_from_the_storage_fails_open_and_is_counted(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(RATE_LIMIT="1/minute")
+    monkeypatch.setattr(
+        app.extensions["crypto_service"].limiting.storage, "incr", _raise_timer_race
+    )
+    client = app.test_client()
+    assert _statuses(client, 3) == [200, 200, 200]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "ratelimit_storage_errors_total 3.0" in text
+    assert 'status="500"' not in text
+
+
+def test_any_exception_from_the_storage_fails_closed_when_asked(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(RATE_LIMIT_FAIL_OPEN="false")
+    monkeypatch.setattr(
+        app.extensions["crypto_service"].limiting.storage, "incr", _raise_timer_race
+    )
+    response = app.test_client().get("/crypto-price")
+    assert response.status_code == 503 and response.get_json()["error"] == "unavailable"

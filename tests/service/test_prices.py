@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from service.feed import HISTORY_MAX, PriceFeed
 from service.prices import BAND, MAX_STEP, WINDOW, PriceModel
 
 SYMBOLS = {"BTC": 100.0, "ETH": 50.0}
@@ -62,32 +61,3 @@ def test_deviation_equals_the_moving_average_definition() -> None:
     innovations = [model._draw_block("BTC", m // 1024)[m % 1024] for m in range(tick + 1)]
     expected = sum(0.995**k * innovations[tick - k] for k in range(WINDOW))
     assert model.deviation("BTC", tick) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-
-
-def test_feed_maps_time_to_ticks_and_serves_one_quote_per_tick() -> None:
-    feed = PriceFeed(PriceModel("feed", SYMBOLS), list(SYMBOLS), 3.0)
-    quote = feed.quote("BTC", 3000.1)
-    assert quote.tick == 1000
-    assert (quote.updated_at, quote.next_update_at) == (3000.0, 3003.0)
-    assert feed.quote("BTC", 3002.99) is quote
-    later = feed.quote("BTC", 3003.0)
-    assert later.tick == 1001
-    assert quote.price == round(quote.price, 2)
-
-
-def test_feed_reports_each_new_tick_once_and_never_moves_back() -> None:
-    seen: list[int] = []
-    feed = PriceFeed(PriceModel("feed", SYMBOLS), list(SYMBOLS), 3.0, lambda q: seen.append(q.tick))
-    for now in (30.0, 31.0, 33.5, 31.0, 36.0):
-        feed.quote("BTC", now)
-    assert seen == [10, 11, 12]
-    assert feed.quote("BTC", 36.0).tick == 12
-
-
-def test_history_is_oldest_first_ends_at_the_current_tick_and_is_bounded() -> None:
-    feed = PriceFeed(PriceModel("feed", SYMBOLS), list(SYMBOLS), 3.0)
-    history = feed.history("ETH", 300.0, 5)
-    assert [q.tick for q in history] == [96, 97, 98, 99, 100]
-    assert history[-1] == feed.quote("ETH", 300.0)
-    with pytest.raises(ValueError, match="limit"):
-        feed.history("ETH", 300.0, HISTORY_MAX + 1)
