@@ -394,7 +394,8 @@ def test_a_corrupted_counter_in_redis_is_a_counted_storage_error_not_a_500(
     )
     assert requests.get(f"{service.url}/crypto-price", timeout=10).status_code == 200
     store = redis.Redis(host=HOST, port=redis_storage.port)
-    (key,) = store.keys("*")
+    keys: list[bytes] = store.keys("*")  # type: ignore[assignment]
+    (key,) = keys
     store.set(key, "not-a-number", ex=60)  # INCRBY now fails inside the counting script
     statuses = Counter(
         requests.get(f"{service.url}/crypto-price", timeout=10).status_code for _ in range(5)
