@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -31,7 +30,7 @@ DEFAULT_HISTORY_LIMIT = 10
 def crypto_price() -> flask.Response:
     state = get_state()
     symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
-    now = time.time()
+    now = state.feed.now()
     quote = state.feed.quote(symbol, now)
     return _conditional(
         state,
@@ -47,7 +46,7 @@ def prices() -> flask.Response:
     state = get_state()
     raw = flask.request.args.get("symbols")
     symbols = list(state.feed.symbols) if raw is None else _symbol_list(state, raw)
-    now = time.time()
+    now = state.feed.now()
     quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
     return _conditional(
         state,
@@ -63,7 +62,7 @@ def history(symbol: str) -> flask.Response:
     state = get_state()
     symbol = _known_symbol(state, symbol)
     limit = _history_limit(flask.request.args.get("limit"))
-    now = time.time()
+    now = state.feed.now()
     quotes = state.feed.history(symbol, now, limit)
     return _conditional(
         state,

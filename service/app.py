@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -18,8 +20,11 @@ from service.prices import PriceModel
 from service.state import EXTENSION, ServiceState
 
 
-def create_app(settings: Settings | None = None) -> flask.Flask:
-    """Build the WSGI application; ``settings`` default to the environment's."""
+def create_app(
+    settings: Settings | None = None, clock: Callable[[], float] = time.time
+) -> flask.Flask:
+    """Build the WSGI application; ``settings`` default to the environment's, ``clock``
+    (unix time) to the system's: tests pin it so that a tick cannot turn mid-test."""
     if settings is None:
         settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
@@ -33,6 +38,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         list(settings.symbols),
         settings.price_tick_seconds,
         on_new_tick=metrics.observe_new_tick,
+        clock=clock,
     )
     limiting = RateLimiting(settings, metrics)
     app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting)

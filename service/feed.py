@@ -1,9 +1,10 @@
-"""The price feed: maps wall-clock time to ticks and serves cached quotes."""
+"""The price feed: tells the time, maps it to ticks and serves cached quotes."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -21,8 +22,10 @@ class PriceFeed:
         symbols: list[str],
         tick_seconds: float,
         on_new_tick: Callable[[Quote], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.symbols = tuple(symbols)
+        self.now = clock  # unix time, as the service tells it
         self.tick_seconds = tick_seconds
         self._on_new_tick = on_new_tick
         self._latest: dict[str, Quote] = {}

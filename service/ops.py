@@ -5,8 +5,6 @@ None of them is rate limited: probes and scrapes must never be refused.
 
 from __future__ import annotations
 
-import time
-
 import flask
 
 from service.errors import ApiError
@@ -32,7 +30,7 @@ def readyz() -> flask.Response:
 def metrics() -> flask.Response:
     state = get_state()
     # Bring the price gauges to the current tick even if no one polled since it began.
-    now = time.time()
+    now = state.feed.now()
     for symbol in state.feed.symbols:
         state.feed.quote(symbol, now)
     body, content_type = state.metrics.exposition()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +32,11 @@ def _single_process_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_app() -> AppFactory:
-    """``make_app(RATE_LIMIT="5/minute", ...)``: an app configured like the environment says."""
+    """``make_app(RATE_LIMIT="5/minute", ...)``: an app configured like the environment says;
+    ``clock=`` pins the time it tells."""
 
-    def factory(**env: str) -> flask.Flask:
-        return create_app(Settings.from_env({"LOG_LEVEL": "warning", **env}))
+    def factory(clock: Callable[[], float] = time.time, **env: str) -> flask.Flask:
+        return create_app(Settings.from_env({"LOG_LEVEL": "warning", **env}), clock=clock)
 
     return factory
 

@@ -12,54 +12,60 @@ from openapi_spec_validator import validate
 from tests.conftest import AppFactory
 
 QUOTE_FIELDS = {"price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"}
+NOW = 1_700_000_000.5  # tick 566,666,666 of 3 s, 2 s before the next: pinned, it never turns
+
+
+@pytest.fixture
+def pinned(make_app: AppFactory) -> flask.testing.FlaskClient:
+    return make_app(clock=lambda: NOW).test_client()
 
 
 def test_crypto_price_keeps_the_seed_fields_and_adds_tick_times(
-    client: flask.testing.FlaskClient,
+    pinned: flask.testing.FlaskClient,
 ) -> None:
-    before = time.time()
-    response = client.get("/crypto-price")
+    response = pinned.get("/crypto-price")
     assert response.status_code == 200
     assert response.content_type == "application/json"
     body = response.get_json()
-    assert set(body) == QUOTE_FIELDS
-    assert body["symbol"] == "BTC" and isinstance(body["tick"], int)
+    assert list(body)[:1] == ["price"] and set(body) == QUOTE_FIELDS
+    assert body["symbol"] == "BTC" and body["tick"] == 566_666_666
     assert 50 <= body["price"] <= 200 and body["price"] == round(body["price"], 2)
+    assert body["timestamp"] == NOW
+    assert (body["updated_at"], body["next_update_at"]) == (1_699_999_998.0, 1_700_000_001.0)
+
+
+def test_the_real_clock_is_the_default(client: flask.testing.FlaskClient) -> None:
+    before = time.time()
+    body = client.get("/crypto-price").get_json()
     assert before <= body["timestamp"] <= time.time()
-    assert body["updated_at"] <= body["timestamp"] < body["next_update_at"]
-    assert body["next_update_at"] - body["updated_at"] == pytest.approx(3.0)
     assert body["tick"] == math.floor(body["timestamp"] / 3.0)
 
 
-def test_polling_etiquette_headers(client: flask.testing.FlaskClient) -> None:
-    response = client.get("/crypto-price")
-    body = response.get_json()
+def test_polling_etiquette_headers(pinned: flask.testing.FlaskClient) -> None:
+    response = pinned.get("/crypto-price")
     etag, weak = response.get_etag()
-    assert etag and not weak
-    max_age = response.cache_control.max_age
-    assert max_age is not None
-    assert 0 <= max_age <= body["next_update_at"] - body["timestamp"]
+    assert etag is not None and etag.startswith("566666666-") and not weak
+    assert response.cache_control.max_age == 0  # 0.5 s left in the tick: whole seconds
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert len(response.headers["X-Request-ID"]) >= 16
 
 
 def test_matching_if_none_match_gets_304_without_body_and_counts_as_not_modified(
-    client: flask.testing.FlaskClient,
+    pinned: flask.testing.FlaskClient,
 ) -> None:
-    first = client.get("/crypto-price?symbol=eth")
+    first = pinned.get("/crypto-price?symbol=eth")
     tag = first.headers["ETag"]
     for header in (tag, f"W/{tag}", f'"other", {tag}', "*"):
-        again = client.get("/crypto-price?symbol=ETH", headers={"If-None-Match": header})
-        if again.status_code == 200:  # the tick turned between the two requests
-            continue
+        again = pinned.get("/crypto-price?symbol=ETH", headers={"If-None-Match": header})
         assert again.status_code == 304, header
         assert again.data == b"" and again.headers["ETag"] == tag
-        assert "max-age=" in again.headers["Cache-Control"]
-    stale = client.get("/crypto-price?symbol=ETH", headers={"If-None-Match": '"1-abc"'})
+        assert again.headers["Cache-Control"] == "max-age=0"
+    stale = pinned.get("/crypto-price?symbol=ETH", headers={"If-None-Match": '"1-abc"'})
     assert stale.status_code == 200
-    metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'polls_total{outcome="not_modified",symbol="ETH"}' in metrics
-    assert 'polls_total{outcome="fresh",symbol="ETH"} ' in metrics
+    metrics = pinned.get("/metrics").get_data(as_text=True)
+    assert 'polls_total{outcome="not_modified",symbol="ETH"} 4.0' in metrics
+    assert 'polls_total{outcome="fresh",symbol="ETH"} 2.0' in metrics
+    assert 'polls_total{outcome="fresh",symbol="BTC"} 0.0' in metrics
 
 
 def test_etag_differs_per_symbol_and_between_seeds(make_app: AppFactory) -> None:
@@ -133,14 +139,14 @@ def test_batch_and_single_agree_within_a_tick(make_app: AppFactory) -> None:
     assert (batch["price"], batch["tick"]) == (single["price"], single["tick"])
 
 
-def test_history_returns_the_last_ticks_oldest_first(client: flask.testing.FlaskClient) -> None:
-    body = client.get("/v1/prices/eth/history?limit=25").get_json()
+def test_history_returns_the_last_ticks_oldest_first(pinned: flask.testing.FlaskClient) -> None:
+    body = pinned.get("/v1/prices/eth/history?limit=25").get_json()
     ticks = [p["tick"] for p in body["prices"]]
-    assert body["symbol"] == "ETH" and len(ticks) == 25
-    assert ticks == list(range(ticks[0], ticks[0] + 25))
-    assert len(client.get("/v1/prices/ETH/history").get_json()["prices"]) == 10
-    current = client.get("/crypto-price?symbol=ETH").get_json()
-    assert ticks[-1] <= current["tick"] <= ticks[-1] + 1
+    assert body["symbol"] == "ETH"
+    assert ticks == list(range(566_666_666 - 24, 566_666_666 + 1))
+    assert len(pinned.get("/v1/prices/ETH/history").get_json()["prices"]) == 10
+    current = pinned.get("/crypto-price?symbol=ETH").get_json()
+    assert body["prices"][-1]["price"] == current["price"]
 
 
 def test_probes_and_documents(client: flask.testing.FlaskClient, make_app: AppFactory) -> None:
@@ -177,18 +183,21 @@ def test_request_id_is_echoed_when_sane_and_replaced_otherwise(
 
 
 def test_metrics_count_requests_by_rule_and_fold_unmatched_paths(
-    client: flask.testing.FlaskClient,
+    pinned: flask.testing.FlaskClient,
 ) -> None:
+    client = pinned
     for path in ("/crypto-price", "/crypto-price?symbol=ETH", "/a", "/b/c", "/d"):
         client.get(path)
     client.open("/crypto-price", method="BREW")
+    xrp = client.get("/crypto-price?symbol=XRP").get_json()
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'http_requests_total{method="GET",route="/crypto-price",status="200"} 2.0' in text
+    assert 'http_requests_total{method="GET",route="/crypto-price",status="200"} 3.0' in text
     assert 'http_requests_total{method="GET",route="unmatched",status="404"} 3.0' in text
     assert 'http_requests_total{method="OTHER",route="unmatched",status="405"} 1.0' in text
-    assert 'crypto_price{symbol="XRP"}' in text
+    assert f'crypto_price{{symbol="XRP"}} {xrp["price"]}' in text
+    assert "crypto_price_tick 5.66666666e+08" in text
     assert "crypto_service_build_info{" in text
-    assert "http_requests_in_flight" in text and "ratelimit_storage_errors_total 0.0" in text
+    assert "http_requests_in_flight 1.0" in text  # the scrape itself
 
 
 def test_injected_faults_answer_json_500(make_app: AppFactory) -> None:
