@@ -27,6 +27,9 @@ from tests.integration.conftest import (
 )
 
 KEY = "observability-key-0123456789"
+# crypto-poll's own key: tighter than one poll a tick, so it meets 429s it can wait out
+# (Retry-After of at most 5 s, within its --max-wait): its retries panel has data.
+POLL_KEY = "observability-poll-key-0123"
 RATE_WINDOW = "15s"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval
 VARIABLES = {
     "$__rate_interval": RATE_WINDOW,
@@ -42,6 +45,9 @@ def substitute(expr: str) -> str:
     for name, value in VARIABLES.items():
         expr = expr.replace(name, value)
     return expr
+
+
+FALLBACK = " or vector(0)"
 
 
 class Load:
@@ -93,8 +99,9 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
         THREADS="8",
         RATE_LIMIT_STORAGE_URI=redis_storage.uri,
         RATE_LIMIT="120/minute",
-        API_KEYS=f"{KEY}=100000/minute",
+        API_KEYS=f"{KEY}=100000/minute,{POLL_KEY}=3 per 5 seconds",
         PRICE_TICK_SECONDS="1",
+        FAULT_ERROR_RATE="0.02",  # some 5xx, so the error panels have something to show
     )
     client_metrics = free_port()
     poll = subprocess.Popen(
@@ -106,6 +113,8 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
             "0.5",
             "--metrics-port",
             str(client_metrics),
+            "--api-key",
+            POLL_KEY,
             "--quiet",
         ],
         stdout=subprocess.DEVNULL,
@@ -158,6 +167,10 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
             values = [float(series["value"][1]) for series in result]
             assert any(math.isfinite(v) for v in values), f"{panel['title']}: no data for {expr}"
             answered[f"{panel['title']}/{target['refId']}"] = result
+            if expr.endswith(FALLBACK):
+                # The fallback always has data: the expression before it must have its own.
+                own = prometheus.query(expr.removesuffix(FALLBACK), at)
+                assert own, f"{panel['title']}: only the fallback answers {expr}"
 
     # The request-rate panel, summed over the routes the load used, against the load itself.
     request_rate = answered["Requests per second by route and status/A"]
@@ -175,9 +188,13 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
     assert {"200", "304", "429"} <= statuses
     limited = answered["Share of price requests refused with 429, by client class/A"]
     by_class = {s["metric"]["client_class"]: float(s["value"][1]) for s in limited}
-    assert by_class["anonymous"] > 0 and by_class["api_key"] == 0
+    # Most anonymous requests (the hammer) are refused; of the keyed ones, only crypto-poll's.
+    assert by_class["anonymous"] > by_class["api_key"] > 0
     share_304 = float(answered["Share of polls answered 304 Not Modified/A"][0]["value"][1])
     assert 0.3 < share_304 < 1
+    # The load makes these non-zero; a broken query answering only its fallback would not.
+    for title in ("5xx ratio/A", "Client retries per second/A"):
+        assert sum(float(s["value"][1]) for s in answered[title]) > 0, title
     per_change = {
         s["metric"]["symbol"]: float(s["value"][1])
         for s in answered["Polls per price change, by symbol/A"]
