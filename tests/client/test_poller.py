@@ -72,3 +72,34 @@ def test_poll_loop_counts_every_kind_of_outcome_and_never_stops_on_failure() -> 
         "price_changes": 2,
     }
     assert summary["latency_p50_ms"] is not None
+
+
+class TickRecorder(Listener):
+    def __init__(self) -> None:
+        self.skips: list[int] = []
+
+    def on_skipped_ticks(self, ticks: int) -> None:
+        self.skips.append(ticks)
+
+
+def test_skipped_ticks_are_counted_once_per_poll_across_symbols() -> None:
+    def batch(tick: int) -> dict[str, object]:
+        quote = {k: v for k, v in quote_body(100.0 + tick, tick=tick).items() if k != "timestamp"}
+        return {"prices": [quote, {**quote, "symbol": "ETH"}], "timestamp": 1.0}
+
+    script = [Answer(200, batch(tick), JSON) for tick in (1, 2, 5, 6, 9)]
+    recorder = TickRecorder()
+    options = PollerOptions(interval=0.01, count=5, align=False)
+    with ScriptedServer(script) as server:
+        stats = Poller(PriceClient(server.url, ["BTC", "ETH"]), options, recorder).run()
+    assert recorder.skips == [2, 2]  # 3-4 and 7-8, not once per symbol
+    assert stats.skipped_ticks == 4 and stats.price_changes == 8
+
+
+def test_without_tick_hints_a_changed_price_is_a_change_and_nothing_is_skipped() -> None:
+    prices = [101.23, 101.23, 99.5, 100.0]
+    script = [Answer(200, {"price": p, "timestamp": 1.0 + i}, JSON) for i, p in enumerate(prices)]
+    options = PollerOptions(interval=0.01, count=4)  # aligned, but there is nothing to align on
+    with ScriptedServer(script) as server:
+        stats = Poller(PriceClient(server.url), options).run()
+    assert (stats.fresh, stats.price_changes, stats.skipped_ticks) == (4, 2, 0)
