@@ -12,8 +12,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from service import api, errors, faults, ops
 from service.config import Settings
 from service.feed import PriceFeed
-from service.instrumentation import Instrumentation, RoutedRequest
-from service.limiting import RateLimiting
+from service.instrumentation import Instrumentation, RoutedFlask
+from service.limiting import CLIENT_CLASSES, RateLimiting
 from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
@@ -29,8 +29,7 @@ def create_app(
         settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
 
-    app = flask.Flask(__name__)
-    app.request_class = RoutedRequest
+    app = RoutedFlask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # price and timestamp first
     metrics = Metrics(settings.symbols)
     feed = PriceFeed(
@@ -49,7 +48,12 @@ def create_app(
     limiting.init_app(app, api.bp.name)
     faults.init_app(app, api.bp.name, settings)
     metrics.start_rate_limit_series(
-        rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("prices.")
+        (
+            rule.rule
+            for rule in app.url_map.iter_rules()
+            if rule.endpoint.startswith(api.bp.name + ".")
+        ),
+        CLIENT_CLASSES,
     )
 
     if settings.trusted_proxies:

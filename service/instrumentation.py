@@ -3,9 +3,10 @@ IDs, security and rate-limit headers, metrics and the access log line.
 
 A middleware rather than Flask hooks because it is on every request's path: Flask runs
 each before/after/teardown hook through ``ensure_sync`` and the request proxies, which
-cost more than the bookkeeping itself (``bench/NOTES.md``). Everything it needs is in the
-WSGI environ: the matched URL rule that :class:`RoutedRequest` leaves there, the client
-and the rate-limit headers that ``service.limiting`` leaves there.
+cost more than the bookkeeping itself (``bench/NOTES.md``). Everything it needs comes in
+one :class:`~service.request_facts.RequestFacts` record: the matched URL rule, which
+:class:`RoutedFlask` writes when Flask matches the request, and the client and rate-limit
+headers, which the limiter writes.
 """
 
 from __future__ import annotations
@@ -19,32 +20,35 @@ from typing import TYPE_CHECKING, Any
 
 import flask
 import structlog
+from flask.ctx import RequestContext
 from structlog.typing import FilteringBoundLogger
-from werkzeug.routing import Rule
 
-from service.limiting import CLIENT_ENVIRON_KEY, HEADERS_ENVIRON_KEY
-from service.metrics import UNMATCHED_ROUTE, Metrics
+from service.metrics import Metrics
+from service.request_facts import ENVIRON_KEY, RequestFacts, facts_of
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-ROUTE_ENVIRON_KEY = "crypto_service.route"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
-class RoutedRequest(flask.Request):
-    """Flask's request, leaving its matched URL rule in the WSGI environ: Flask drops its
-    request object when the request context ends, before the middleware records it."""
+class RoutedRequestContext(RequestContext):
+    """Flask's request context, noting the URL rule it matched in the request's facts:
+    Flask drops its request object when the context ends, before the middleware records
+    the request. ``match_request`` is Flask's documented hook for this."""
 
-    @property
-    def url_rule(self) -> Rule | None:
-        return self.__dict__.get("_url_rule")
-
-    @url_rule.setter
-    def url_rule(self, rule: Rule | None) -> None:
-        self.__dict__["_url_rule"] = rule
+    def match_request(self) -> None:
+        super().match_request()
+        rule = self.request.url_rule
         if rule is not None:
-            self.environ[ROUTE_ENVIRON_KEY] = rule.rule
+            facts_of(self.request.environ).route = rule.rule
+
+
+class RoutedFlask(flask.Flask):
+    """A Flask application whose requests note their matched URL rule (see above)."""
+
+    def request_context(self, environ: WSGIEnvironment) -> RequestContext:
+        return RoutedRequestContext(self, environ)
 
 
 class Instrumentation:
@@ -68,13 +72,14 @@ class Instrumentation:
             # instead of os.urandom, whose system call would give up the GIL.
             request_id = f"{random.getrandbits(128):032x}"
         status = ""
+        facts = environ[ENVIRON_KEY] = RequestFacts()
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
             status = status_line
             headers.append(("X-Request-ID", request_id))
             headers.append(("X-Content-Type-Options", "nosniff"))
-            headers.extend(environ.get(HEADERS_ENVIRON_KEY, ()))
+            headers.extend(facts.headers)
             return start_response(status_line, headers, exc_info)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -84,20 +89,24 @@ class Instrumentation:
         finally:
             self._metrics.in_flight.dec()
             # No status: the application raised past Flask's own handling.
-            self._record(environ, int(status[:3]) if status else 500, started, request_id)
+            self._record(environ, facts, int(status[:3]) if status else 500, started, request_id)
             structlog.contextvars.reset_contextvars(**tokens)
 
     def _record(
-        self, environ: WSGIEnvironment, status: int, started: float, request_id: str
+        self,
+        environ: WSGIEnvironment,
+        facts: RequestFacts,
+        status: int,
+        started: float,
+        request_id: str,
     ) -> None:
         seconds = time.perf_counter() - started
-        route = environ.get(ROUTE_ENVIRON_KEY, UNMATCHED_ROUTE)
+        route = facts.route
         method = environ.get("REQUEST_METHOD", "GET")
-        client = environ.get(CLIENT_ENVIRON_KEY)
         rate_limited = status == 429
         self._metrics.observe_request(method, route, status, seconds)
-        if rate_limited and client is not None:
-            self._metrics.count_rate_limited(route, client.client_class.name)
+        if rate_limited and facts.client_class is not None:
+            self._metrics.count_rate_limited(route, facts.client_class)
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
         path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         self._log.log(
@@ -108,7 +117,7 @@ class Instrumentation:
             path=path[:256],
             status=status,
             duration_ms=round(seconds * 1000, 3),
-            client=client.key if client is not None else environ.get("REMOTE_ADDR", "unknown"),
+            client=facts.client or environ.get("REMOTE_ADDR", "unknown"),
             rate_limited=rate_limited,
             request_id=request_id,
         )

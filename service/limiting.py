@@ -39,15 +39,15 @@ from service.config import Settings
 from service.errors import ApiError
 from service.logs import get_logger
 from service.metrics import Metrics
+from service.request_facts import facts_of
 
 KEY_PREFIX = "crypto"
 API_SCOPE = "api"  # the one budget shared by every price endpoint
 WARNING_INTERVAL_SECONDS = 10.0
 STORAGE_TIMEOUT_SECONDS = 0.25  # a dead Redis must not stall requests for long
-# Where a request's client and its rate-limit response headers travel to the
-# instrumentation middleware (service/instrumentation.py), which logs and writes them.
-CLIENT_ENVIRON_KEY = "crypto_service.client"
-HEADERS_ENVIRON_KEY = "crypto_service.headers"
+ANONYMOUS = "anonymous"  # the class of clients known by their address
+API_KEY = "api_key"  # the class of clients that present a known X-API-Key
+CLIENT_CLASSES = (API_KEY, ANONYMOUS)
 log = get_logger(__name__)
 
 
@@ -55,7 +55,7 @@ log = get_logger(__name__)
 class ClientClass:
     """A kind of client and its limit, resolved once at start-up."""
 
-    name: str  # "api_key" or "anonymous", a metric label
+    name: str  # one of CLIENT_CLASSES, a metric label
     policy: str  # the IETF RateLimit-Policy name
     limit: RateLimitItem
 
@@ -177,9 +177,9 @@ class RateLimiting:
             if settings.rate_limit_strategy == "fixed-window"
             else STRATEGIES[settings.rate_limit_strategy](self.storage)
         )
-        self.anonymous = ClientClass("anonymous", "default", parse(settings.rate_limit))
+        self.anonymous = ClientClass(ANONYMOUS, "default", parse(settings.rate_limit))
         self._keys: dict[bytes, Client] = {
-            key.digest: Client(key.fingerprint, ClientClass("api_key", "api-key", parse(key.limit)))
+            key.digest: Client(key.fingerprint, ClientClass(API_KEY, "api-key", parse(key.limit)))
             for key in settings.api_keys
         }
         self._storage_errors = _StorageErrorReporter(metrics, settings.rate_limit_fail_open)
@@ -219,7 +219,7 @@ class RateLimiting:
             ("RateLimit-Policy", f'"{policy}";q={limit.amount};w={window}'),
             ("RateLimit", f'"{policy}";r={remaining};t={reset_in}'),
         ]
-        environ[HEADERS_ENVIRON_KEY] = headers
+        facts_of(environ).headers = headers
         if not allowed:
             headers.append(("Retry-After", str(max(1, reset_in))))
             raise RateLimited(limit)
@@ -234,11 +234,16 @@ class RateLimiting:
             digest = hashlib.sha256(presented.encode("latin-1", "replace")).digest()
             found = self._keys.get(digest)
             if found is None:
-                environ[CLIENT_ENVIRON_KEY] = Client("invalid-key", self.anonymous)
+                self._tell(environ, Client("invalid-key", self.anonymous))
                 raise InvalidApiKey()
             client = found
-        environ[CLIENT_ENVIRON_KEY] = client
+        self._tell(environ, client)
         return client
+
+    @staticmethod
+    def _tell(environ: dict[str, Any], client: Client) -> None:
+        facts = facts_of(environ)
+        facts.client, facts.client_class = client.key, client.client_class.name
 
 
 class _StorageErrorReporter:

@@ -45,9 +45,7 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
-UNMATCHED_ROUTE = "unmatched"  # every path that matches no URL rule shares this label value
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-CLIENT_CLASSES = ("api_key", "anonymous")
 POLL_OUTCOMES = ("fresh", "not_modified")
 
 
@@ -134,9 +132,11 @@ class Metrics:
                 self.polls.labels(symbol, outcome)
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
-    def start_rate_limit_series(self, routes: Iterable[str]) -> None:
+    def start_rate_limit_series(self, routes: Iterable[str], client_classes: Iterable[str]) -> None:
+        """Create the 429 counters of these routes and client classes at zero."""
+        classes = tuple(client_classes)
         for route in routes:
-            for client_class in CLIENT_CLASSES:
+            for client_class in classes:
                 self.rate_limited.labels(route, client_class)
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:

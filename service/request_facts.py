@@ -1,0 +1,31 @@
+"""What the parts of the service learn about one request, handed to the middleware that
+records it (``service.instrumentation``): one small record in the WSGI environ.
+
+Whoever knows a fact writes it: the routing, which URL rule matched; the limiter, who the
+client is, its class and the rate-limit headers. The middleware reads the record once, at
+the end. No part reads another's data model, and nothing else crosses between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ENVIRON_KEY = "crypto_service.request"
+UNMATCHED_ROUTE = "unmatched"  # every path that matches no URL rule shares this label value
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    route: str = UNMATCHED_ROUTE  # the matched URL rule, such as "/v1/prices/<symbol>/history"
+    client: str | None = None  # who is asking, as logged: an address or a key's fingerprint
+    client_class: str | None = None  # the limiter's class of that client, a metric label
+    headers: list[tuple[str, str]] = field(default_factory=list)  # for the response
+
+
+def facts_of(environ: dict[str, Any]) -> RequestFacts:
+    """The request's record, made on first use."""
+    facts: RequestFacts | None = environ.get(ENVIRON_KEY)
+    if facts is None:
+        facts = environ[ENVIRON_KEY] = RequestFacts()
+    return facts
