@@ -31,7 +31,7 @@ def create_app(
 
     app = RoutedFlask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # price and timestamp first
-    metrics = Metrics(settings.symbols)
+    metrics = Metrics(settings.symbols, settings.metrics_dir)
     feed = PriceFeed(
         PriceModel(settings.price_seed, settings.symbols),
         list(settings.symbols),

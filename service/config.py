@@ -24,6 +24,7 @@ DEFAULT_SYMBOLS = "BTC:100.00,ETH:50.00,SOL:20.00,XRP:10.00"
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
@@ -121,7 +122,7 @@ class Settings:
             log_flush_seconds=get(
                 "LOG_FLUSH_SECONDS", _float_between(0.0, 10.0), d.log_flush_seconds
             ),
-            metrics_dir=get("PROMETHEUS_MULTIPROC_DIR", _keep, None),
+            metrics_dir=get(METRICS_DIR_VARIABLE, _keep, None),
             fault_latency_ms=get("FAULT_LATENCY_MS", _int_between(0, 600_000), 0),
             fault_error_rate=get("FAULT_ERROR_RATE", _float_between(0.0, 1.0), 0.0),
         )

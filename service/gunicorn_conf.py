@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from service.config import ConfigError, Settings
+from service.config import METRICS_DIR_VARIABLE, ConfigError, Settings
 from service.logs import configure_logging, get_logger, logging_config_dict
+from service.state import get_state
 
 
 def _load_settings() -> Settings:
@@ -26,7 +28,17 @@ def _load_settings() -> Settings:
         raise SystemExit(f"crypto-service: configuration error: {exc}") from None
 
 
-settings = _load_settings()
+def _with_metrics_dir(settings: Settings) -> Settings:
+    """The settings with their multiprocess directory (a fresh temporary one unless
+    configured), exported for the workers and for prometheus-client, which reads
+    PROMETHEUS_MULTIPROC_DIR when it is first imported: that must come after this, which
+    is why this module imports nothing that imports prometheus-client (a test holds it)."""
+    directory = settings.metrics_dir or tempfile.mkdtemp(prefix="crypto-service-metrics-")
+    os.environ[METRICS_DIR_VARIABLE] = directory
+    return replace(settings, metrics_dir=directory)
+
+
+settings = _with_metrics_dir(_load_settings())
 
 wsgi_app = "service.app:create_app()"
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -51,23 +63,18 @@ logconfig_dict = logging_config_dict(settings.log_format, settings.log_level)
 def on_starting(server: Any) -> None:
     """In the master, before any worker exists: prepare the metrics directory."""
     configure_logging(settings.log_format, settings.log_level)
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        directory = tempfile.mkdtemp(prefix="crypto-service-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    path = Path(directory)
+    assert settings.metrics_dir is not None
+    path = Path(settings.metrics_dir)
     path.mkdir(parents=True, exist_ok=True)
     # Files left by an earlier run would resurrect its counters: start from zero.
     for stale in path.glob("*.db"):
         stale.unlink()
-    described = settings.describe()
-    described["metrics_dir"] = directory
-    get_logger("service.startup").info("starting crypto-service", **described)
+    get_logger("service.startup").info("starting crypto-service", **settings.describe())
 
 
 def post_worker_init(worker: Any) -> None:
     """Say the worker is serving, and turn readiness off the moment it is told to stop."""
-    state = worker.wsgi.extensions["crypto_service"]
+    state = get_state(worker.wsgi)
     stop = worker.handle_exit
 
     def drain_then_stop(signum: int, frame: Any) -> None:
@@ -86,7 +93,8 @@ def child_exit(server: Any, worker: Any) -> None:
     recycled or crashed workers neither lose counts nor slow every scrape down."""
     from service.metrics_archive import archive_dead_worker
 
-    archive_dead_worker(os.environ["PROMETHEUS_MULTIPROC_DIR"], worker.pid)
+    assert settings.metrics_dir is not None
+    archive_dead_worker(settings.metrics_dir, worker.pid)
 
 
 def on_exit(server: Any) -> None:

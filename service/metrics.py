@@ -1,14 +1,15 @@
 """Prometheus metrics, correct under gunicorn's many processes.
 
-When ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn's config sets it before any worker
-starts), prometheus-client writes every sample to per-process files and ``/metrics``
-merges them, so a scrape sees the whole pod rather than one worker. Without it (the
-Flask test client, a plain ``flask run``) a private registry holds the samples.
+Given a multiprocess directory (``Settings.metrics_dir``, from
+``PROMETHEUS_MULTIPROC_DIR``, which gunicorn's config exports before prometheus-client is
+first imported: prometheus-client picks its file-backed values at import), every sample is
+written to per-process files and ``/metrics`` merges them, so a scrape sees the whole pod
+rather than one worker. Without one (the Flask test client, a plain ``flask run``) a
+private registry holds the samples.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics import MetricWrapperBase
 
 from service.metrics_archive import ArchiveAwareCollector
 from service.prices import Quote
@@ -49,17 +49,13 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 POLL_OUTCOMES = ("fresh", "not_modified")
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
 class Metrics:
     """Every metric the service exports, created once per application."""
 
-    def __init__(self, symbols: Iterable[str]) -> None:
+    def __init__(self, symbols: Iterable[str], multiprocess_dir: str | None = None) -> None:
         # In multiprocess mode the samples live in files, so the metrics join no registry
         # and the exposition registry reads the files instead.
-        own = None if multiprocess_dir() else CollectorRegistry(auto_describe=True)
+        own = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "http_requests",
             "HTTP requests answered, by method, matched URL rule and status code.",
@@ -125,12 +121,12 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        self._exposition = own if own is not None else _multiprocess_registry()
+        self._exposition = own if own is not None else _multiprocess_registry(multiprocess_dir)
         # Known series start at zero, so rates and ratios exist before the first event.
         for symbol in symbols:
             for outcome in POLL_OUTCOMES:
                 self.polls.labels(symbol, outcome)
-        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     def start_rate_limit_series(self, routes: Iterable[str], client_classes: Iterable[str]) -> None:
         """Create the 429 counters of these routes and client classes at zero."""
@@ -139,7 +135,7 @@ class Metrics:
             for client_class in classes:
                 self.rate_limited.labels(route, client_class)
 
-    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, resolved once per label set rather than per request."""
         key = (metric, labels)
         child = self._children.get(key)
@@ -167,7 +163,7 @@ class Metrics:
         return generate_latest(self._exposition), CONTENT_TYPE_LATEST
 
 
-def _multiprocess_registry() -> CollectorRegistry:
+def _multiprocess_registry(directory: str | None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    ArchiveAwareCollector(registry, multiprocess_dir() or "")
+    ArchiveAwareCollector(registry, directory or "")
     return registry

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import flask
 
-from service.config import Settings
-from service.feed import PriceFeed
-from service.limiting import RateLimiting
-from service.metrics import Metrics
+if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-client
+    from service.config import Settings
+    from service.feed import PriceFeed
+    from service.limiting import RateLimiting
+    from service.metrics import Metrics
 
 EXTENSION = "crypto_service"
 

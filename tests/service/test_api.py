@@ -9,6 +9,7 @@ import flask
 import pytest
 from openapi_spec_validator import validate
 
+from service.state import get_state
 from tests.conftest import AppFactory
 
 QUOTE_FIELDS = {"price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"}
@@ -153,7 +154,7 @@ def test_probes_and_documents(client: flask.testing.FlaskClient, make_app: AppFa
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
     app = make_app()
-    app.extensions["crypto_service"].draining.set()
+    get_state(app).draining.set()
     draining = app.test_client().get("/readyz")
     assert draining.status_code == 503 and draining.get_json()["error"] == "draining"
     document = client.get("/openapi.json").get_json()

@@ -7,6 +7,7 @@ import socket
 import flask
 import pytest
 
+from service.state import get_state
 from tests.conftest import AppFactory
 
 KEY = "test-key-0123456789abcdef"
@@ -127,7 +128,7 @@ def test_counters_keep_flask_limiters_key_layout(make_app: AppFactory) -> None:
     # against one Redis keeps every client's count.
     app = make_app(RATE_LIMIT="5/minute")
     app.test_client().get("/crypto-price")
-    storage = app.extensions["crypto_service"].limiting.storage
+    storage = get_state(app).limiting.storage
     assert storage.get("LIMITER/crypto/127.0.0.1/api/5/1/minute") == 1
 
 
@@ -141,9 +142,7 @@ def test_any_exception_from_the_storage_fails_open_and_is_counted(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app(RATE_LIMIT="1/minute")
-    monkeypatch.setattr(
-        app.extensions["crypto_service"].limiting.storage, "incr", _raise_timer_race
-    )
+    monkeypatch.setattr(get_state(app).limiting.storage, "incr", _raise_timer_race)
     client = app.test_client()
     assert _statuses(client, 3) == [200, 200, 200]
     text = client.get("/metrics").get_data(as_text=True)
@@ -155,8 +154,6 @@ def test_any_exception_from_the_storage_fails_closed_when_asked(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app(RATE_LIMIT_FAIL_OPEN="false")
-    monkeypatch.setattr(
-        app.extensions["crypto_service"].limiting.storage, "incr", _raise_timer_race
-    )
+    monkeypatch.setattr(get_state(app).limiting.storage, "incr", _raise_timer_race)
     response = app.test_client().get("/crypto-price")
     assert response.status_code == 503 and response.get_json()["error"] == "unavailable"
