@@ -114,21 +114,33 @@ def configure_logging(log_format: str, log_level: str) -> None:
     )
 
 
-class BufferedWriteLogger(structlog.WriteLogger):
-    """structlog's WriteLogger, leaving debug and info lines in the stream's buffer
-    instead of flushing after each; a warning or an error flushes at once, with every
-    line before it. The buffer is flushed when full and by :func:`flush_periodically`.
+class BufferedLineLogger:
+    """A structlog logger (structlog calls the method named after the level with the
+    rendered line) that leaves debug and info lines in the stream's buffer instead of
+    flushing after each; a warning or an error flushes at once, with every line before it.
+    The buffer is flushed when full and by :func:`flush_periodically`.
 
     Why: in a threaded gunicorn worker, a flush per request is a write(2) per request,
     and every system call gives up the GIL: a thread switch per request that cost the
     service a sixth of its throughput (bench/NOTES.md).
     """
 
-    def write_unflushed(self, message: str) -> None:
+    def __init__(self, stream: TextIO) -> None:
+        self._write = stream.write  # bound once: this runs for every request
+        self._flush = stream.flush
+        self._lock = threading.Lock()  # one line at a time, whole
+
+    def buffer(self, message: str) -> None:
         with self._lock:
             self._write(message + "\n")
 
-    log = debug = info = write_unflushed
+    def write_and_flush(self, message: str) -> None:
+        with self._lock:
+            self._write(message + "\n")
+            self._flush()
+
+    msg = log = debug = info = buffer
+    warning = warn = error = err = critical = exception = fatal = failure = write_and_flush
 
 
 _flushing: set[tuple[int, int]] = set()  # (process, stream) pairs with a flusher thread
@@ -162,8 +174,9 @@ def access_logger(
     shorter processor chain (it runs on every request's path; its caller passes
     ``request_id`` itself, so it skips merging the context variables), and, unless
     ``flush_seconds`` is 0, buffered output flushed every ``flush_seconds``."""
+    output: BufferedLineLogger | structlog.WriteLogger
     if flush_seconds > 0:
-        output: structlog.WriteLogger = BufferedWriteLogger(sys.stdout)
+        output = BufferedLineLogger(sys.stdout)
         flush_periodically(sys.stdout, flush_seconds)
     else:
         output = structlog.WriteLogger(sys.stdout)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.logs import BufferedWriteLogger, access_logger, flush_periodically
+from service.logs import BufferedLineLogger, access_logger, flush_periodically
 
 
 class CountingStream(io.StringIO):
@@ -24,7 +24,7 @@ class CountingStream(io.StringIO):
 
 def test_info_lines_wait_in_the_buffer_and_a_warning_flushes_them_all() -> None:
     stream = CountingStream()
-    logger = BufferedWriteLogger(stream)
+    logger = BufferedLineLogger(stream)
     logger.info("one")
     logger.info("two")
     assert stream.getvalue() == "one\ntwo\n" and stream.flushed == ""
@@ -37,7 +37,7 @@ def test_info_lines_wait_in_the_buffer_and_a_warning_flushes_them_all() -> None:
 def test_buffered_lines_are_flushed_within_the_interval() -> None:
     stream = CountingStream()
     flush_periodically(stream, 0.05)
-    BufferedWriteLogger(stream).info("waiting")
+    BufferedLineLogger(stream).info("waiting")
     deadline = time.monotonic() + 5
     while stream.flushed != "waiting\n" and time.monotonic() < deadline:
         time.sleep(0.01)
