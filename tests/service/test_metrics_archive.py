@@ -63,3 +63,23 @@ def test_archiving_an_unknown_pid_changes_nothing(tmp_path: Path) -> None:
     write(tmp_path / "counter_5.db", {key("hits"): (1.0, 0.0)})
     assert archive_dead_worker(tmp_path, 6) == 0
     assert collected(tmp_path)[("hits", ())] == 1.0
+
+
+def test_the_private_prometheus_client_api_the_archive_uses_has_not_changed(
+    tmp_path: Path,
+) -> None:
+    """service/metrics_archive.py merges files through prometheus-client's MmapedDict, which
+    is not public API (nothing public merges a dead worker's files). pyproject.toml pins
+    prometheus-client to the versions this passed with; if it fails after an upgrade, read
+    prometheus_client/mmap_dict.py and adapt the archive before widening the pin."""
+    path = tmp_path / "counter_1.db"
+    mmap = MmapedDict(str(path))
+    mmap.write_value("k", 2.5, 7.0)
+    assert list(mmap.read_all_values()) == [("k", 2.5, 7.0)], (
+        "MmapedDict.read_all_values no longer yields (key, value, timestamp)"
+    )
+    mmap.close()
+    rows = list(MmapedDict.read_all_values_from_file(str(path)))
+    assert [row[:3] for row in rows] == [("k", 2.5, 7.0)] and len(rows[0]) == 4, (
+        "MmapedDict.read_all_values_from_file no longer yields (key, value, timestamp, pos)"
+    )
