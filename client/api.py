@@ -31,14 +31,25 @@ __all__ = [
     "RetryableError",
 ]
 
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Worth another attempt; a 500 only once (client/retry.py), the rest within the policy.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class RetryableError(PollError):
-    """Worth another attempt: connection trouble, a timeout, 429, 502-504, or 500."""
+    """Worth another attempt: connection trouble, a timeout, 429, 502-504, or 500.
 
-    def __init__(self, reason: str, status: int | None = None, retry_after: float = 0.0) -> None:
+    ``kind`` is a bounded label for metrics: ``timeout``, ``connection`` or ``http_<status>``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        kind: str,
+        status: int | None = None,
+        retry_after: float = 0.0,
+    ) -> None:
         super().__init__(reason)
+        self.kind = kind
         self.status = status
         self.retry_after = retry_after
 
@@ -111,13 +122,15 @@ class PriceClient:
             with response:
                 content = _read_bounded(response)
         except requests.Timeout:
-            raise RetryableError(f"timed out after {self.timeout:g} s") from None
+            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
         except requests.exceptions.ChunkedEncodingError:
-            raise RetryableError("connection broken in the middle of the body") from None
+            raise RetryableError(
+                "connection broken in the middle of the body", "connection"
+            ) from None
         except requests.exceptions.ContentDecodingError:
             raise BadPayload("the body could not be decompressed") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"connection failed: {_root_cause(exc)}") from None
+            raise RetryableError(f"connection failed: {_root_cause(exc)}", "connection") from None
         except requests.RequestException as exc:
             raise FatalError(f"request failed: {_root_cause(exc)}", 0) from None
         finally:
@@ -164,10 +177,9 @@ def _status_error(response: requests.Response, content: bytes | None) -> PollErr
     code = error_code(content) if content is not None else None
     if code is not None:
         reason += f" {code}"
-    if status in RETRYABLE_STATUSES or status == 500:
-        return RetryableError(
-            reason, status, parse_retry_after(response.headers.get("Retry-After"))
-        )
+    if status in RETRYABLE_STATUSES:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return RetryableError(reason, f"http_{status}", status, retry_after)
     return FatalError(reason, status)
 
 

@@ -62,7 +62,7 @@ class ClientMetrics(Listener):
         self.price.labels(quote.symbol or "").set(quote.price)
 
     def on_retry(self, event: RetryEvent) -> None:
-        self.retries.labels(event.label).inc()
+        self.retries.labels(event.kind).inc()
 
     def on_request(self, seconds: float) -> None:
         self.latency.observe(seconds)

@@ -35,6 +35,7 @@ class PollError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.attempts = 1  # requests made for the poll that failed (set by the retries)
 
 
 class BadPayload(PollError):

@@ -123,16 +123,15 @@ class Poller:
 
     def _poll_once(self) -> bool:
         stats = self.stats
-        retries_before = stats.retries
         try:
-            fetched, _ = fetch_with_retries(
+            fetched, attempts = fetch_with_retries(
                 self.client, self.options.policy, self.stop, self._on_retry, self._rng
             )
         except Interrupted:
             return False
         except PollError as error:
             stats.polls += 1
-            stats.requests += stats.retries - retries_before + 1
+            stats.requests += error.attempts
             stats.failures += 1
             if isinstance(error, BadPayload):
                 stats.bad_payloads += 1
@@ -140,10 +139,10 @@ class Poller:
                 self._not_before = self._clock() + error.retry_after
             self._failures_in_a_row += 1
             self.listener.on_poll("failed")
-            self.listener.on_failure(stats.polls, error, stats.retries - retries_before + 1)
+            self.listener.on_failure(stats.polls, error, error.attempts)
             return True
         stats.polls += 1
-        stats.requests += stats.retries - retries_before + 1
+        stats.requests += attempts
         stats.latencies.append(fetched.latency)
         self.listener.on_request(fetched.latency)
         self._failures_in_a_row = 0

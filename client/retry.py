@@ -15,7 +15,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from client.api import Fetched, PriceClient, RetryableError
+from client.api import Fetched, PollError, PriceClient, RetryableError
 
 
 class stop_before_budget(stop_base):
@@ -48,13 +48,7 @@ class RetryEvent:
     wait: float  # seconds until the next one
     reason: str
     status: int | None
-
-    @property
-    def label(self) -> str:
-        """A bounded metric label: http_429, timeout, connection..."""
-        if self.status:
-            return f"http_{self.status}"
-        return "timeout" if self.reason.startswith("timed out") else "connection"
+    kind: str  # a bounded metric label: http_429, timeout, connection...
 
 
 def fetch_with_retries(
@@ -70,7 +64,8 @@ def fetch_with_retries(
     Retried: connection errors, timeouts, 429 and 502-504; a 500 once. Waits are
     exponential with full jitter, capped, never shorter than the server's Retry-After.
     Bounded by ``max_attempts`` and by ``max_wait`` (a wait that would end past it is not
-    started). Raises the last PollError when giving up, or Interrupted when ``stop`` is set.
+    started). Raises the last PollError when giving up (its ``attempts`` set to how many
+    were made), or Interrupted when ``stop`` is set.
     ``sleep`` replaces the stop-aware wait (tests pass one that only records).
     """
     rng = rng or random.Random()
@@ -101,7 +96,13 @@ def fetch_with_retries(
         error = state.outcome.exception()
         assert isinstance(error, RetryableError)
         on_retry(
-            RetryEvent(state.attempt_number, state.next_action.sleep, error.reason, error.status)
+            RetryEvent(
+                state.attempt_number,
+                state.next_action.sleep,
+                error.reason,
+                error.status,
+                error.kind,
+            )
         )
 
     def wait_or_stop(seconds: float) -> None:
@@ -120,5 +121,9 @@ def fetch_with_retries(
         sleep=sleep or wait_or_stop,
         reraise=True,
     )
-    fetched = retrying(client.fetch)
+    try:
+        fetched = retrying(client.fetch)
+    except PollError as error:
+        error.attempts = retrying.statistics.get("attempt_number", 1)
+        raise
     return fetched, retrying.statistics.get("attempt_number", 1)

@@ -18,7 +18,7 @@ import flask
 from service.config import SYMBOL_PATTERN
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
-from service.prices import Quote
+from service.prices import TickQuote
 from service.state import ServiceState, get_state
 
 bp = flask.Blueprint("prices", __name__)
@@ -32,7 +32,7 @@ def crypto_price() -> flask.Response:
     symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
     now = state.feed.now()
     quote = state.feed.quote(symbol, now)
-    return _conditional(
+    return _respond_and_count_polls(
         state,
         tag=_etag(state.settings.price_seed, symbol, quote.tick),
         quotes=(quote,),
@@ -48,7 +48,7 @@ def prices() -> flask.Response:
     symbols = list(state.feed.symbols) if raw is None else _symbol_list(state, raw)
     now = state.feed.now()
     quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
-    return _conditional(
+    return _respond_and_count_polls(
         state,
         tag=_etag(state.settings.price_seed, ",".join(symbols), quotes[0].tick),
         quotes=quotes,
@@ -64,7 +64,7 @@ def history(symbol: str) -> flask.Response:
     limit = _history_limit(flask.request.args.get("limit"))
     now = state.feed.now()
     quotes = state.feed.history(symbol, now, limit)
-    return _conditional(
+    return _respond_and_count_polls(
         state,
         tag=_etag(state.settings.price_seed, f"{symbol}/history/{limit}", quotes[-1].tick),
         quotes=(quotes[-1],),
@@ -80,7 +80,7 @@ def history(symbol: str) -> flask.Response:
     )
 
 
-def _quote_fields(quote: Quote) -> dict[str, object]:
+def _quote_fields(quote: TickQuote) -> dict[str, object]:
     return {
         "price": quote.price,
         "symbol": quote.symbol,
@@ -98,23 +98,25 @@ def _json_prefix(fields: dict[str, object]) -> str:
 # Everything but the timestamp is the same for a whole tick: serialised once per tick and
 # process, not once per request.
 @lru_cache(maxsize=64)
-def _single_prefix(quote: Quote) -> str:
+def _single_prefix(quote: TickQuote) -> str:
     return _json_prefix(_quote_fields(quote))
 
 
 @lru_cache(maxsize=64)
-def _batch_prefix(quotes: tuple[Quote, ...]) -> str:
+def _batch_prefix(quotes: tuple[TickQuote, ...]) -> str:
     return _json_prefix({"prices": [_quote_fields(q) for q in quotes]})
 
 
-def _conditional(
+def _respond_and_count_polls(
     state: ServiceState,
     tag: str,
-    quotes: tuple[Quote, ...],
+    quotes: tuple[TickQuote, ...],
     now: float,
     body_prefix: Callable[[], str],
 ) -> flask.Response:
-    """Answer 304 to a matching If-None-Match, else the JSON body; count the polls."""
+    """The response to a poll: 304 to a matching If-None-Match, else the JSON body (the
+    tick's cached prefix and this response's timestamp); either way with the ETag and
+    Cache-Control, and counted as a fresh or not-modified poll of each symbol."""
     # Only a header that is there needs parsing (werkzeug parses it on first access).
     asked = "HTTP_IF_NONE_MATCH" in flask.request.environ
     not_modified = asked and flask.request.if_none_match.contains_weak(tag)

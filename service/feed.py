@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-from service.prices import PriceModel, Quote
+from service.prices import PriceModel, TickQuote
 
 HISTORY_MAX = 1000  # the largest history a client may ask for, in ticks
 
@@ -21,14 +21,14 @@ class PriceFeed:
         model: PriceModel,
         symbols: list[str],
         tick_seconds: float,
-        on_new_tick: Callable[[Quote], None] | None = None,
+        on_new_tick: Callable[[TickQuote], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.symbols = tuple(symbols)
         self.now = clock  # unix time, as the service tells it
         self.tick_seconds = tick_seconds
         self._on_new_tick = on_new_tick
-        self._latest: dict[str, Quote] = {}
+        self._latest: dict[str, TickQuote] = {}
         self._advancing = threading.Lock()
         # Enough to answer the longest history of every symbol from memory.
         self._price = lru_cache(maxsize=(HISTORY_MAX + 8) * len(symbols))(model.price)
@@ -36,7 +36,7 @@ class PriceFeed:
     def tick_at(self, now: float) -> int:
         return math.floor(now / self.tick_seconds)
 
-    def quote(self, symbol: str, now: float) -> Quote:
+    def quote(self, symbol: str, now: float) -> TickQuote:
         tick = self.tick_at(now)
         latest = self._latest.get(symbol)
         if latest is not None and latest.tick == tick:
@@ -53,15 +53,15 @@ class PriceFeed:
                     self._on_new_tick(quote)
         return quote
 
-    def history(self, symbol: str, now: float, limit: int) -> list[Quote]:
+    def history(self, symbol: str, now: float, limit: int) -> list[TickQuote]:
         """The last ``limit`` ticks up to and including the current one, oldest first."""
         if not 1 <= limit <= HISTORY_MAX:
             raise ValueError(f"limit must be between 1 and {HISTORY_MAX}")
         current = self.tick_at(now)
         return [self._quote(symbol, tick) for tick in range(current - limit + 1, current + 1)]
 
-    def _quote(self, symbol: str, tick: int) -> Quote:
-        return Quote(
+    def _quote(self, symbol: str, tick: int) -> TickQuote:
+        return TickQuote(
             symbol=symbol,
             price=self._price(symbol, tick),
             tick=tick,

@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 
 from service.metrics_archive import ArchiveAwareCollector
-from service.prices import Quote
+from service.prices import TickQuote
 from service.version import __version__
 
 # Sized for an API that answers in about a millisecond; the tail reaches gunicorn's timeout.
@@ -154,7 +154,7 @@ class Metrics:
     def count_rate_limited(self, route: str, client_class: str) -> None:
         self._child(self.rate_limited, route, client_class).inc()
 
-    def observe_new_tick(self, quote: Quote) -> None:
+    def observe_new_tick(self, quote: TickQuote) -> None:
         self.price.labels(quote.symbol).set(quote.price)
         self.price_tick.set(quote.tick)
         self.price_updated.set(quote.updated_at)

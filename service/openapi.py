@@ -55,12 +55,15 @@ def _get(
     summary: str,
     responses: dict[str, Any],
     parameters: list[Any] | None = None,
-    secured: bool = False,
+    conditional: bool = False,
+    keyed: bool = False,
 ) -> dict[str, Any]:
+    """A GET operation; ``conditional`` takes If-None-Match, ``keyed`` an optional API key."""
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     params = [{"$ref": "#/components/parameters/X-Request-ID"}, *(parameters or [])]
-    if secured:
+    if conditional:
         params.append({"$ref": "#/components/parameters/If-None-Match"})
+    if keyed:
         operation["security"] = [{}, {"apiKey": []}]
     operation["parameters"] = params
     return {"get": operation}
@@ -96,7 +99,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Current price of one symbol (default: the first configured).",
                 _polled("The current quote.", "Quote"),
                 [{"name": "symbol", "in": "query", "required": False, "schema": symbol_schema}],
-                secured=True,
+                conditional=True,
+                keyed=True,
             ),
             "/v1/prices": _get(
                 "Current prices of all or some symbols.",
@@ -114,7 +118,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                     }
                 ],
-                secured=True,
+                conditional=True,
+                keyed=True,
             ),
             "/v1/prices/{symbol}/history": _get(
                 "The last N ticks of one symbol, oldest first.",
@@ -133,7 +138,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                     },
                 ],
-                secured=True,
+                conditional=True,
+                keyed=True,
             ),
             "/healthz": _get(
                 "Liveness.",

@@ -38,7 +38,7 @@ HALF_STEP = math.log1p(MAX_STEP) / 2  # s
 
 
 @dataclass(frozen=True, slots=True)
-class Quote:
+class TickQuote:
     symbol: str
     price: float  # rounded to cents, as served
     tick: int
