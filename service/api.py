@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import flask
 
-from service.config import SYMBOL_PATTERN
+from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
 from service.prices import TickQuote
@@ -24,6 +24,8 @@ from service.state import ServiceState, get_state
 bp = flask.Blueprint("prices", __name__)
 MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
 DEFAULT_HISTORY_LIMIT = 10
+# What a symbol parameter may be: matched case-insensitively against SYMBOL_PATTERN.
+SYMBOL_PARAMETER = f"[A-Za-z0-9]{{1,{SYMBOL_MAX_LENGTH}}}"
 
 
 @bp.get("/crypto-price")
@@ -149,7 +151,7 @@ def _known_symbol(state: ServiceState, raw: str) -> str:
         raise ApiError(
             400,
             "invalid_symbol",
-            "A symbol is 1-10 letters or digits, such as BTC.",
+            f"A symbol is 1-{SYMBOL_MAX_LENGTH} letters or digits, such as BTC.",
             valid_symbols=list(state.feed.symbols),
         )
     if symbol not in state.settings.symbols:

@@ -19,7 +19,8 @@ from limits import parse_many
 
 T = TypeVar("T")
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,10}$")
+SYMBOL_MAX_LENGTH = 10
+SYMBOL_PATTERN = re.compile(rf"^[A-Z0-9]{{1,{SYMBOL_MAX_LENGTH}}}$")
 DEFAULT_SYMBOLS = "BTC:100.00,ETH:50.00,SOL:20.00,XRP:10.00"
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

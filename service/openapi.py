@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.api import DEFAULT_HISTORY_LIMIT, MAX_BATCH_SYMBOLS, SYMBOL_PARAMETER
 from service.config import Settings
 from service.feed import HISTORY_MAX
 from service.version import __version__
@@ -71,7 +72,8 @@ def _get(
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     symbols = list(settings.symbols)
-    symbol_schema = {"type": "string", "pattern": "^[A-Za-z0-9]{1,10}$", "example": symbols[0]}
+    symbol_schema = {"type": "string", "pattern": f"^{SYMBOL_PARAMETER}$", "example": symbols[0]}
+    symbol_list = f"^{SYMBOL_PARAMETER}(,{SYMBOL_PARAMETER}){{0,{MAX_BATCH_SYMBOLS - 1}}}$"
     quote: dict[str, Any] = {
         "type": "object",
         "required": ["price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"],
@@ -113,7 +115,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "description": "Comma-separated symbols.",
                         "schema": {
                             "type": "string",
-                            "pattern": "^[A-Za-z0-9]{1,10}(,[A-Za-z0-9]{1,10}){0,49}$",
+                            "pattern": symbol_list,
                             "example": ",".join(symbols[:2]),
                         },
                     }
@@ -134,7 +136,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "type": "integer",
                             "minimum": 1,
                             "maximum": HISTORY_MAX,
-                            "default": 10,
+                            "default": DEFAULT_HISTORY_LIMIT,
                         },
                     },
                 ],

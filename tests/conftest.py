@@ -14,6 +14,7 @@ from service.config import Settings
 
 AppFactory = Callable[..., flask.Flask]
 TESTS = Path(__file__).parent
+PINNED_NOW = 1_700_000_000.5  # tick 566,666,666 of 3 s, 0.5 s before the next: pinned
 SLOW_SUITES = (TESTS / "integration", TESTS / "deploy")  # real processes and validators
 
 
@@ -44,3 +45,9 @@ def make_app() -> AppFactory:
 @pytest.fixture
 def client(make_app: AppFactory) -> flask.testing.FlaskClient:
     return make_app().test_client()
+
+
+@pytest.fixture
+def pinned(make_app: AppFactory) -> flask.testing.FlaskClient:
+    """A client of an app whose clock is pinned at PINNED_NOW: no tick turns mid-test."""
+    return make_app(clock=lambda: PINNED_NOW).test_client()

@@ -1,4 +1,4 @@
-"""Every route and error of the HTTP API, through Flask's test client."""
+"""The price endpoints: fields, ETags and 304s, batches, history, and their bad requests."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ import time
 
 import flask
 import pytest
-from openapi_spec_validator import validate
 
-from service.state import get_state
+from tests.conftest import PINNED_NOW as NOW
 from tests.conftest import AppFactory
 
 QUOTE_FIELDS = {"price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"}
-NOW = 1_700_000_000.5  # tick 566,666,666 of 3 s, 2 s before the next: pinned, it never turns
-
-
-@pytest.fixture
-def pinned(make_app: AppFactory) -> flask.testing.FlaskClient:
-    return make_app(clock=lambda: NOW).test_client()
 
 
 def test_crypto_price_keeps_the_seed_fields_and_adds_tick_times(
@@ -117,13 +110,6 @@ def test_unknown_symbol_lists_the_valid_ones(client: flask.testing.FlaskClient) 
     assert "BTC" in body["message"]
 
 
-def test_wrong_method_is_a_json_405_with_allow(client: flask.testing.FlaskClient) -> None:
-    response = client.post("/crypto-price", data="x")
-    assert response.status_code == 405
-    assert response.get_json()["error"] == "method_not_allowed"
-    assert "GET" in response.headers["Allow"]
-
-
 def test_batch_prices_all_some_and_repeated(client: flask.testing.FlaskClient) -> None:
     everything = client.get("/v1/prices").get_json()
     assert [p["symbol"] for p in everything["prices"]] == ["BTC", "ETH", "SOL", "XRP"]
@@ -148,78 +134,3 @@ def test_history_returns_the_last_ticks_oldest_first(pinned: flask.testing.Flask
     assert len(pinned.get("/v1/prices/ETH/history").get_json()["prices"]) == 10
     current = pinned.get("/crypto-price?symbol=ETH").get_json()
     assert body["prices"][-1]["price"] == current["price"]
-
-
-def test_probes_and_documents(client: flask.testing.FlaskClient, make_app: AppFactory) -> None:
-    assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready"}
-    app = make_app()
-    get_state(app).draining.set()
-    draining = app.test_client().get("/readyz")
-    assert draining.status_code == 503 and draining.get_json()["error"] == "draining"
-    document = client.get("/openapi.json").get_json()
-    validate(document)
-    assert set(document["paths"]) == {
-        "/crypto-price",
-        "/v1/prices",
-        "/v1/prices/{symbol}/history",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    }
-
-
-def test_request_id_is_echoed_when_sane_and_replaced_otherwise(
-    client: flask.testing.FlaskClient,
-) -> None:
-    assert (
-        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
-        == "abc-123"
-    )
-    replaced = client.get("/healthz", headers={"X-Request-ID": "x" * 5000}).headers["X-Request-ID"]
-    assert replaced != "x" * 5000 and len(replaced) == 32
-    injected = client.get("/healthz", headers={"X-Request-ID": "a b<script>"})
-    assert injected.headers["X-Request-ID"] != "a b<script>"
-
-
-def test_metrics_count_requests_by_rule_and_fold_unmatched_paths(
-    pinned: flask.testing.FlaskClient,
-) -> None:
-    client = pinned
-    for path in ("/crypto-price", "/crypto-price?symbol=ETH", "/a", "/b/c", "/d"):
-        client.get(path)
-    client.open("/crypto-price", method="BREW")
-    xrp = client.get("/crypto-price?symbol=XRP").get_json()
-    text = client.get("/metrics").get_data(as_text=True)
-    assert 'http_requests_total{method="GET",route="/crypto-price",status="200"} 3.0' in text
-    assert 'http_requests_total{method="GET",route="unmatched",status="404"} 3.0' in text
-    assert 'http_requests_total{method="OTHER",route="unmatched",status="405"} 1.0' in text
-    assert f'crypto_price{{symbol="XRP"}} {xrp["price"]}' in text
-    assert "crypto_price_tick 5.66666666e+08" in text
-    assert "crypto_service_build_info{" in text
-    assert "http_requests_in_flight 1.0" in text  # the scrape itself
-
-
-def test_injected_faults_answer_json_500(make_app: AppFactory) -> None:
-    client = make_app(FAULT_ERROR_RATE="1").test_client()
-    response = client.get("/crypto-price")
-    assert response.status_code == 500
-    assert response.get_json()["error"] == "injected_fault"
-    assert client.get("/healthz").status_code == 200  # only price endpoints are faulted
-
-
-def test_unexpected_exceptions_are_a_bare_json_500(make_app: AppFactory) -> None:
-    app = make_app()
-
-    def explode() -> str:
-        raise RuntimeError("secret internals")
-
-    app.add_url_rule("/explode", view_func=explode)
-    response = app.test_client().get("/explode")
-    assert response.status_code == 500
-    assert response.get_json() == {
-        "error": "internal_server_error",
-        "message": "Internal server error.",
-    }
-    assert "secret" not in response.get_data(as_text=True)
