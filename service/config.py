@@ -11,8 +11,8 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from limits import parse_many
@@ -43,135 +43,7 @@ class ApiKey:
 
     digest: bytes = field(repr=False)
     fingerprint: str
-    limit: str
-
-
-@dataclass(frozen=True)
-class Settings:
-    host: str = "0.0.0.0"
-    port: int = 5000
-    workers: int = 1
-    threads: int = 8
-    timeout: int = 30
-    graceful_timeout: int = 20
-    keepalive: int = 5
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    symbols: dict[str, float] = field(
-        default_factory=lambda: _parse_symbols(DEFAULT_SYMBOLS, "SYMBOLS")
-    )
-    price_tick_seconds: float = 3.0
-    price_seed: str = field(default="crypto-price", repr=False)
-    rate_limit: str = "120/minute"
-    rate_limit_storage_uri: str = field(default="memory://", repr=False)  # may hold a password
-    rate_limit_strategy: str = "fixed-window"
-    rate_limit_fail_open: bool = True
-    api_keys: tuple[ApiKey, ...] = ()
-    trusted_proxies: int = 0
-    log_format: str = "json"
-    log_level: str = "info"
-    log_flush_seconds: float = 0.5
-    metrics_dir: str | None = None
-    fault_latency_ms: int = 0
-    fault_error_rate: float = 0.0
-
-    @property
-    def default_symbol(self) -> str:
-        return next(iter(self.symbols))
-
-    @property
-    def shared_limit_storage(self) -> bool:
-        return not self.rate_limit_storage_uri.startswith("memory://")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from an environment mapping; raise ConfigError on the first bad value."""
-
-        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            return parse(raw.strip(), name)
-
-        d = cls()
-        rate_limit = get("RATE_LIMIT", _parse_limit, d.rate_limit)
-        settings = cls(
-            host=get("HOST", _parse_host, d.host),
-            port=get("PORT", _int_between(1, 65535), d.port),
-            workers=get("WORKERS", _int_between(1, 64), d.workers),
-            threads=get("THREADS", _int_between(1, 256), d.threads),
-            timeout=get("TIMEOUT", _int_between(1, 3600), d.timeout),
-            graceful_timeout=get("GRACEFUL_TIMEOUT", _int_between(1, 3600), d.graceful_timeout),
-            keepalive=get("KEEPALIVE", _int_between(0, 3600), d.keepalive),
-            max_requests=get("MAX_REQUESTS", _int_between(0, 10_000_000), d.max_requests),
-            max_requests_jitter=get(
-                "MAX_REQUESTS_JITTER", _int_between(0, 10_000_000), d.max_requests_jitter
-            ),
-            symbols=get("SYMBOLS", _parse_symbols, d.symbols),
-            price_tick_seconds=get("PRICE_TICK_SECONDS", _float_between(0.1, 86400.0), 3.0),
-            price_seed=get("PRICE_SEED", _parse_seed, d.price_seed),
-            rate_limit=rate_limit,
-            rate_limit_storage_uri=get("RATE_LIMIT_STORAGE_URI", _parse_storage_uri, "memory://"),
-            rate_limit_strategy=get(
-                "RATE_LIMIT_STRATEGY", _one_of(RATE_LIMIT_STRATEGIES), d.rate_limit_strategy
-            ),
-            rate_limit_fail_open=get("RATE_LIMIT_FAIL_OPEN", _parse_bool, True),
-            api_keys=get("API_KEYS", _parse_api_keys(rate_limit), ()),
-            trusted_proxies=get("TRUSTED_PROXIES", _int_between(0, 10), 0),
-            log_format=get("LOG_FORMAT", _one_of(LOG_FORMATS), d.log_format),
-            log_level=get("LOG_LEVEL", _one_of(LOG_LEVELS), d.log_level),
-            log_flush_seconds=get(
-                "LOG_FLUSH_SECONDS", _float_between(0.0, 10.0), d.log_flush_seconds
-            ),
-            metrics_dir=get(METRICS_DIR_VARIABLE, _keep, None),
-            fault_latency_ms=get("FAULT_LATENCY_MS", _int_between(0, 600_000), 0),
-            fault_error_rate=get("FAULT_ERROR_RATE", _float_between(0.0, 1.0), 0.0),
-        )
-        if settings.max_requests > 0 and not settings.shared_limit_storage:
-            raise ConfigError(
-                "MAX_REQUESTS",
-                f"recycling workers (MAX_REQUESTS={settings.max_requests}) with "
-                "RATE_LIMIT_STORAGE_URI=memory:// would start each new worker's counters at "
-                "zero and let clients past RATE_LIMIT; set MAX_REQUESTS=0, or set "
-                "RATE_LIMIT_STORAGE_URI=redis://host:port",
-            )
-        if settings.workers > 1 and not settings.shared_limit_storage:
-            raise ConfigError(
-                "WORKERS",
-                f"{settings.workers} worker processes with RATE_LIMIT_STORAGE_URI=memory:// would "
-                "give each process its own counters and multiply RATE_LIMIT; use THREADS to scale "
-                "one process, or set RATE_LIMIT_STORAGE_URI=redis://host:port",
-            )
-        return settings
-
-    def describe(self) -> dict[str, object]:
-        """The effective configuration with secrets masked, for the startup log line."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "workers": self.workers,
-            "threads": self.threads,
-            "timeout": self.timeout,
-            "graceful_timeout": self.graceful_timeout,
-            "keepalive": self.keepalive,
-            "max_requests": self.max_requests,
-            "max_requests_jitter": self.max_requests_jitter,
-            "symbols": ",".join(f"{s}:{p:.2f}" for s, p in self.symbols.items()),
-            "price_tick_seconds": self.price_tick_seconds,
-            "price_seed": "***",
-            "rate_limit": self.rate_limit,
-            "rate_limit_storage_uri": _mask_uri(self.rate_limit_storage_uri),
-            "rate_limit_strategy": self.rate_limit_strategy,
-            "rate_limit_fail_open": self.rate_limit_fail_open,
-            "api_keys": [f"{k.fingerprint}={k.limit}" for k in self.api_keys],
-            "trusted_proxies": self.trusted_proxies,
-            "log_format": self.log_format,
-            "log_level": self.log_level,
-            "log_flush_seconds": self.log_flush_seconds,
-            "metrics_dir": self.metrics_dir,
-            "fault_latency_ms": self.fault_latency_ms,
-            "fault_error_rate": self.fault_error_rate,
-        }
+    limit: str  # empty: RATE_LIMIT's (Settings.limit_of)
 
 
 def key_fingerprint(key: str) -> str:
@@ -282,27 +154,142 @@ def _parse_storage_uri(raw: str, name: str) -> str:
     return raw
 
 
-def _parse_api_keys(default_limit: str) -> Callable[[str, str], tuple[ApiKey, ...]]:
-    def parse(raw: str, name: str) -> tuple[ApiKey, ...]:
-        keys: list[ApiKey] = []
-        seen: set[bytes] = set()
-        for position, item in enumerate(raw.split(","), start=1):
-            key, sep, limit = item.strip().partition("=")
-            if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}", key):
-                # The key itself is never echoed, only where it sits in the list.
-                raise ConfigError(
-                    name, f"key #{position} must be 16-256 characters of [A-Za-z0-9._~+/-]"
-                )
-            if sep:
-                _parse_limit(limit.strip(), f"{name} (key #{position} limit)")
-            digest = hashlib.sha256(key.encode()).digest()
-            if digest in seen:
-                raise ConfigError(name, f"key #{position} is listed twice")
-            seen.add(digest)
-            keys.append(ApiKey(digest, key_fingerprint(key), limit.strip() or default_limit))
-        return tuple(keys)
+def _parse_api_keys(raw: str, name: str) -> tuple[ApiKey, ...]:
+    keys: list[ApiKey] = []
+    seen: set[bytes] = set()
+    for position, item in enumerate(raw.split(","), start=1):
+        key, sep, limit = item.strip().partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}", key):
+            # The key itself is never echoed, only where it sits in the list.
+            raise ConfigError(
+                name, f"key #{position} must be 16-256 characters of [A-Za-z0-9._~+/-]"
+            )
+        if sep:
+            _parse_limit(limit.strip(), f"{name} (key #{position} limit)")
+        digest = hashlib.sha256(key.encode()).digest()
+        if digest in seen:
+            raise ConfigError(name, f"key #{position} is listed twice")
+        seen.add(digest)
+        keys.append(ApiKey(digest, key_fingerprint(key), limit.strip()))
+    return tuple(keys)
 
-    return parse
+
+Parser = Callable[[str, str], Any]  # (raw value, variable name) -> value, or ConfigError
+
+
+def setting(
+    default: Any = None,
+    parse: Parser = _keep,
+    *,
+    variable: str | None = None,
+    show: Callable[[Any], object] | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """One setting, declared once: its default, the parser of its environment variable (the
+    field's name in capitals unless ``variable`` says otherwise), and how the start-up line
+    shows it (``show``, to mask a secret). ``factory`` makes a mutable default."""
+    metadata = {"parse": parse, "variable": variable, "show": show}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata, repr=show is None)
+    return field(default=default, metadata=metadata, repr=show is None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = setting("0.0.0.0", _parse_host)
+    port: int = setting(5000, _int_between(1, 65535))
+    workers: int = setting(1, _int_between(1, 64))
+    threads: int = setting(8, _int_between(1, 256))
+    timeout: int = setting(30, _int_between(1, 3600))
+    graceful_timeout: int = setting(20, _int_between(1, 3600))
+    keepalive: int = setting(5, _int_between(0, 3600))
+    max_requests: int = setting(0, _int_between(0, 10_000_000))
+    max_requests_jitter: int = setting(0, _int_between(0, 10_000_000))
+    symbols: dict[str, float] = setting(
+        parse=_parse_symbols,
+        factory=lambda: _parse_symbols(DEFAULT_SYMBOLS, "SYMBOLS"),
+        show=lambda symbols: ",".join(f"{s}:{p:.2f}" for s, p in symbols.items()),
+    )
+    price_tick_seconds: float = setting(3.0, _float_between(0.1, 86400.0))
+    price_seed: str = setting("crypto-price", _parse_seed, show=lambda _: "***")
+    rate_limit: str = setting("120/minute", _parse_limit)
+    rate_limit_storage_uri: str = setting(  # may hold a password
+        "memory://", _parse_storage_uri, show=lambda uri: _mask_uri(uri)
+    )
+    rate_limit_strategy: str = setting("fixed-window", _one_of(RATE_LIMIT_STRATEGIES))
+    rate_limit_fail_open: bool = setting(True, _parse_bool)
+    # Each key's limit, or the empty string for RATE_LIMIT's (see limit_of).
+    api_keys: tuple[ApiKey, ...] = setting(
+        (),
+        _parse_api_keys,
+        show=lambda keys: [f"{k.fingerprint}={k.limit or 'RATE_LIMIT'}" for k in keys],
+    )
+    trusted_proxies: int = setting(0, _int_between(0, 10))
+    log_format: str = setting("json", _one_of(LOG_FORMATS))
+    log_level: str = setting("info", _one_of(LOG_LEVELS))
+    log_flush_seconds: float = setting(0.5, _float_between(0.0, 10.0))
+    metrics_dir: str | None = setting(None, _keep, variable=METRICS_DIR_VARIABLE)
+    fault_latency_ms: int = setting(0, _int_between(0, 600_000))
+    fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        if self.max_requests > 0 and not self.shared_limit_storage:
+            raise ConfigError(
+                "MAX_REQUESTS",
+                f"recycling workers (MAX_REQUESTS={self.max_requests}) with "
+                "RATE_LIMIT_STORAGE_URI=memory:// would start each new worker's counters at "
+                "zero and let clients past RATE_LIMIT; set MAX_REQUESTS=0, or set "
+                "RATE_LIMIT_STORAGE_URI=redis://host:port",
+            )
+        if self.workers > 1 and not self.shared_limit_storage:
+            raise ConfigError(
+                "WORKERS",
+                f"{self.workers} worker processes with RATE_LIMIT_STORAGE_URI=memory:// would "
+                "give each process its own counters and multiply RATE_LIMIT; use THREADS to scale "
+                "one process, or set RATE_LIMIT_STORAGE_URI=redis://host:port",
+            )
+
+    @property
+    def default_symbol(self) -> str:
+        return next(iter(self.symbols))
+
+    @property
+    def shared_limit_storage(self) -> bool:
+        return not self.rate_limit_storage_uri.startswith("memory://")
+
+    def limit_of(self, key: ApiKey) -> str:
+        """The rate limit of a client presenting ``key``."""
+        return key.limit or self.rate_limit
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raise ConfigError on the first bad value."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            variable = variable_of(spec)
+            raw = env.get(variable)
+            if raw is not None and raw.strip():
+                values[spec.name] = spec.metadata["parse"](raw.strip(), variable)
+        return cls(**values)
+
+    def describe(self) -> dict[str, object]:
+        """The effective configuration with secrets masked, for the startup log line."""
+        described: dict[str, object] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            show = spec.metadata["show"]
+            described[spec.name] = show(value) if show is not None else value
+        return described
+
+
+def variable_of(spec: Field[Any]) -> str:
+    """The environment variable of a Settings field."""
+    variable: str | None = spec.metadata["variable"]
+    return variable or spec.name.upper()
+
+
+def _show_keys(keys: tuple[ApiKey, ...]) -> list[str]:
+    return [f"{key.fingerprint}={key.limit or 'RATE_LIMIT'}" for key in keys]
 
 
 def _mask_uri(uri: str) -> str:

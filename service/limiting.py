@@ -179,7 +179,9 @@ class RateLimiting:
         )
         self.anonymous = ClientClass(ANONYMOUS, "default", parse(settings.rate_limit))
         self._keys: dict[bytes, Client] = {
-            key.digest: Client(key.fingerprint, ClientClass(API_KEY, "api-key", parse(key.limit)))
+            key.digest: Client(
+                key.fingerprint, ClientClass(API_KEY, "api-key", parse(settings.limit_of(key)))
+            )
             for key in settings.api_keys
         }
         self._storage_errors = _StorageErrorReporter(metrics, settings.rate_limit_fail_open)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from service.config import ConfigError, Settings
@@ -79,7 +81,7 @@ def test_api_keys_carry_their_own_limits_and_never_show_in_the_description() -> 
             "RATE_LIMIT_STORAGE_URI": "redis://:hunter2@redis:6379/0",
         }
     )
-    assert [k.limit for k in settings.api_keys] == ["600/minute", "7/minute"]
+    assert [settings.limit_of(k) for k in settings.api_keys] == ["600/minute", "7/minute"]
     described = repr(settings.describe()) + repr(settings)
     assert secret not in described and "z" * 16 not in described
     assert "hunter2" not in described and "***" in described
@@ -90,3 +92,15 @@ def test_a_bad_per_key_limit_does_not_echo_the_key() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"API_KEYS": f"{secret}=often"})
     assert secret not in str(caught.value) and "key #1" in str(caught.value)
+
+
+def test_every_setting_is_read_from_its_variable_and_described() -> None:
+    # One declaration per setting: a field that from_env or describe forgot would fail here.
+    defaults = Settings()
+    described = defaults.describe()
+    assert set(described) == {spec.name for spec in fields(Settings)}
+    env = {"PORT": "6001", "THREADS": "3", "LOG_FLUSH_SECONDS": "0", "FAULT_LATENCY_MS": "5"}
+    changed = Settings.from_env(env)
+    assert (changed.port, changed.threads, changed.log_flush_seconds) == (6001, 3, 0.0)
+    assert changed.fault_latency_ms == 5 and changed.host == defaults.host
+    assert Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": "/m"}).metrics_dir == "/m"
