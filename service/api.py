@@ -10,10 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 import flask
+from werkzeug.datastructures import ETags
+from werkzeug.http import parse_etags
 
 from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 from service.errors import ApiError
@@ -22,6 +27,8 @@ from service.prices import TickQuote
 from service.state import ServiceState, get_state
 
 bp = flask.Blueprint("prices", __name__)
+LONG_POLL_MAX_SECONDS = 60  # Prefer: wait=N beyond this waits this long
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]{1,7})(?![0-9])", re.IGNORECASE)
 MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
 DEFAULT_HISTORY_LIMIT = 10
 # What a symbol parameter may be: matched case-insensitively against SYMBOL_PATTERN.
@@ -32,31 +39,90 @@ SYMBOL_PARAMETER = f"[A-Za-z0-9]{{1,{SYMBOL_MAX_LENGTH}}}"
 def crypto_price() -> flask.Response:
     state = get_state()
     symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
-    now = state.feed.now()
-    quote = state.feed.quote(symbol, now)
-    return _respond_and_count_polls(
-        state,
-        tag=_etag(state.settings.price_seed, symbol, quote.tick),
-        quotes=(quote,),
-        now=now,
-        body_prefix=lambda: _single_prefix(quote),
-    )
+    seed = state.settings.price_seed
+
+    def current(now: float) -> Polled:
+        quote = state.feed.quote(symbol, now)
+        return Polled(_etag(seed, symbol, quote.tick), (quote,), lambda: _single_prefix(quote))
+
+    return _answer_poll(state, current)
 
 
 @bp.get("/v1/prices")
 def prices() -> flask.Response:
     state = get_state()
+    symbols = requested_symbols(state)
+    subject, seed = ",".join(symbols), state.settings.price_seed
+
+    def current(now: float) -> Polled:
+        quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
+        return Polled(_etag(seed, subject, quotes[0].tick), quotes, lambda: batch_prefix(quotes))
+
+    return _answer_poll(state, current)
+
+
+def requested_symbols(state: ServiceState) -> list[str]:
+    """The ``symbols=`` of a batch request, validated; every symbol when absent."""
     raw = flask.request.args.get("symbols")
-    symbols = list(state.feed.symbols) if raw is None else _symbol_list(state, raw)
+    return list(state.feed.symbols) if raw is None else _symbol_list(state, raw)
+
+
+class Polled(NamedTuple):  # a NamedTuple: this is made on every poll
+    """What a price endpoint answers at one moment: its ETag, quotes and body prefix."""
+
+    tag: str
+    quotes: tuple[TickQuote, ...]
+    body_prefix: Callable[[], str]
+
+
+def _answer_poll(state: ServiceState, current: Callable[[float], Polled]) -> flask.Response:
+    """A poll, or with ``Prefer: wait=N`` a long-poll: while the client's If-None-Match is
+    still current, hold the answer until the tick turns (200 with the new prices) or N
+    seconds pass (304), and say ``Preference-Applied``. Without Prefer, an ordinary poll."""
+    environ = flask.request.environ
     now = state.feed.now()
-    quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
-    return _respond_and_count_polls(
-        state,
-        tag=_etag(state.settings.price_seed, ",".join(symbols), quotes[0].tick),
-        quotes=quotes,
-        now=now,
-        body_prefix=lambda: _batch_prefix(quotes),
+    polled = current(now)
+    client_tags = _client_tags()
+    wait = preferred_wait(environ.get("HTTP_PREFER"))
+    if wait is not None and client_tags is not None and client_tags.contains_weak(polled.tag):
+        polled, now = _hold_until_the_tick_turns(state, current, polled, wait)
+    response = _respond_and_count_polls(
+        state, polled.tag, polled.quotes, now, polled.body_prefix, client_tags
     )
+    if wait is not None:
+        response.headers.add("Preference-Applied", f"wait={wait}")
+    return response
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """The seconds of an RFC 7240 ``Prefer: wait=N``, capped at LONG_POLL_MAX_SECONDS;
+    None when absent or not a positive whole number."""
+    if not prefer:
+        return None
+    match = PREFER_WAIT.search(prefer)
+    if match is None or not 1 <= int(match.group(1)) <= 10**6:
+        return None
+    return min(int(match.group(1)), LONG_POLL_MAX_SECONDS)
+
+
+def _hold_until_the_tick_turns(
+    state: ServiceState, current: Callable[[float], Polled], polled: Polled, wait: int
+) -> tuple[Polled, float]:
+    deadline = time.monotonic() + wait
+    state.metrics.long_polls_waiting.inc()
+    try:
+        while True:
+            now = state.feed.now()
+            to_tick = polled.quotes[0].next_update_at - now
+            left = deadline - time.monotonic()
+            if left <= 0 or state.draining.wait(max(0.0, min(to_tick, left))):
+                return polled, state.feed.now()  # out of time, or shutting down: a 304
+            now = state.feed.now()
+            turned = current(now)
+            if turned.tag != polled.tag:
+                return turned, now
+    finally:
+        state.metrics.long_polls_waiting.dec()
 
 
 @bp.get("/v1/prices/<symbol>/history")
@@ -79,7 +145,14 @@ def history(symbol: str) -> flask.Response:
                 ],
             }
         ),
+        client_tags=_client_tags(),
     )
+
+
+def _client_tags() -> ETags | None:
+    """The request's If-None-Match, parsed only when it is there."""
+    asked = flask.request.environ.get("HTTP_IF_NONE_MATCH")
+    return parse_etags(asked) if asked is not None else None
 
 
 def _quote_fields(quote: TickQuote) -> dict[str, object]:
@@ -105,7 +178,7 @@ def _single_prefix(quote: TickQuote) -> str:
 
 
 @lru_cache(maxsize=64)
-def _batch_prefix(quotes: tuple[TickQuote, ...]) -> str:
+def batch_prefix(quotes: tuple[TickQuote, ...]) -> str:
     return _json_prefix({"prices": [_quote_fields(q) for q in quotes]})
 
 
@@ -115,13 +188,13 @@ def _respond_and_count_polls(
     quotes: tuple[TickQuote, ...],
     now: float,
     body_prefix: Callable[[], str],
+    client_tags: ETags | None,
 ) -> flask.Response:
-    """The response to a poll: 304 to a matching If-None-Match, else the JSON body (the
-    tick's cached prefix and this response's timestamp); either way with the ETag and
-    Cache-Control, and counted as a fresh or not-modified poll of each symbol."""
-    # Only a header that is there needs parsing (werkzeug parses it on first access).
-    asked = "HTTP_IF_NONE_MATCH" in flask.request.environ
-    not_modified = asked and flask.request.if_none_match.contains_weak(tag)
+    """The response to a poll: 304 when the client's If-None-Match (``client_tags``) holds
+    ``tag``, else the JSON body (the tick's cached prefix and this response's timestamp);
+    either way with the ETag and Cache-Control, and counted as a fresh or not-modified
+    poll of each symbol."""
+    not_modified = client_tags is not None and client_tags.contains_weak(tag)
     if not_modified:
         response = flask.Response(status=304)
     else:

@@ -47,6 +47,7 @@ LATENCY_BUCKETS = (
 )
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 POLL_OUTCOMES = ("fresh", "not_modified")
+PUSH_TRANSPORTS = ("sse", "websocket")
 
 
 class Metrics:
@@ -74,6 +75,25 @@ class Metrics:
             "Requests being handled right now, across the live worker processes.",
             registry=own,
             multiprocess_mode="livesum",
+        )
+        self.long_polls_waiting = Gauge(
+            "long_polls_waiting",
+            "Long-polls (Prefer: wait) holding their answer until the tick turns.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.streams_open = Gauge(
+            "streams_open",
+            "Open push connections by transport (sse, websocket), across live workers.",
+            ["transport"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.stream_events = Counter(
+            "stream_events_sent",
+            "Price events sent on push connections, by transport (one per tick and stream).",
+            ["transport"],
+            registry=own,
         )
         self.rate_limited = Counter(
             "http_requests_rate_limited",
@@ -123,6 +143,9 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._exposition = own if own is not None else _multiprocess_registry(multiprocess_dir)
         # Known series start at zero, so rates and ratios exist before the first event.
+        for transport in PUSH_TRANSPORTS:
+            self.streams_open.labels(transport)
+            self.stream_events.labels(transport)
         for symbol in symbols:
             for outcome in POLL_OUTCOMES:
                 self.polls.labels(symbol, outcome)

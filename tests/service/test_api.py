@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import flask
 import pytest
 
-from tests.conftest import PINNED_NOW as NOW
-from tests.conftest import AppFactory
+from service.state import get_state
+from tests.conftest import PINNED_NOW, AppFactory
 
 QUOTE_FIELDS = {"price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"}
 
@@ -24,7 +25,7 @@ def test_crypto_price_keeps_the_seed_fields_and_adds_tick_times(
     assert list(body)[:1] == ["price"] and set(body) == QUOTE_FIELDS
     assert body["symbol"] == "BTC" and body["tick"] == 566_666_666
     assert 50 <= body["price"] <= 200 and body["price"] == round(body["price"], 2)
-    assert body["timestamp"] == NOW
+    assert body["timestamp"] == PINNED_NOW
     assert (body["updated_at"], body["next_update_at"]) == (1_699_999_998.0, 1_700_000_001.0)
 
 
@@ -134,3 +135,53 @@ def test_history_returns_the_last_ticks_oldest_first(pinned: flask.testing.Flask
     assert len(pinned.get("/v1/prices/ETH/history").get_json()["prices"]) == 10
     current = pinned.get("/crypto-price?symbol=ETH").get_json()
     assert body["prices"][-1]["price"] == current["price"]
+
+
+def test_a_long_poll_is_answered_when_the_tick_turns(make_app: AppFactory) -> None:
+    client = make_app(PRICE_TICK_SECONDS="0.5").test_client()
+    first = client.get("/v1/prices?symbols=BTC,ETH")
+    started = time.monotonic()
+    held = client.get(
+        "/v1/prices?symbols=BTC,ETH",
+        headers={"If-None-Match": first.headers["ETag"], "Prefer": "wait=5"},
+    )
+    assert held.status_code == 200 and time.monotonic() - started < 1.5
+    assert held.headers["Preference-Applied"] == "wait=5"
+    ticks = {p["tick"] for p in held.get_json()["prices"]}
+    assert ticks == {first.get_json()["prices"][0]["tick"] + 1}
+
+
+def test_a_long_poll_that_runs_out_of_time_is_a_304(pinned: flask.testing.FlaskClient) -> None:
+    tag = pinned.get("/crypto-price").headers["ETag"]
+    started = time.monotonic()
+    held = pinned.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=1"})
+    assert held.status_code == 304 and 1.0 <= time.monotonic() - started < 3
+    assert held.headers["Preference-Applied"] == "wait=1"
+    text = pinned.get("/metrics").get_data(as_text=True)
+    assert "long_polls_waiting 0.0" in text
+    assert 'polls_total{outcome="not_modified",symbol="BTC"} 1.0' in text
+
+
+def test_without_a_current_tag_or_a_valid_prefer_nothing_waits(
+    pinned: flask.testing.FlaskClient,
+) -> None:
+    started = time.monotonic()
+    fresh = pinned.get("/crypto-price", headers={"Prefer": "wait=30"})
+    assert fresh.status_code == 200 and fresh.headers["Preference-Applied"] == "wait=30"
+    stale = pinned.get("/crypto-price", headers={"Prefer": "wait=600", "If-None-Match": '"1-a"'})
+    assert stale.status_code == 200 and stale.headers["Preference-Applied"] == "wait=60"
+    for prefer in ("wait=0", "wait=abc", "handling=lenient", "wait=-3"):
+        tag = pinned.get("/crypto-price").headers["ETag"]
+        plain = pinned.get("/crypto-price", headers={"Prefer": prefer, "If-None-Match": tag})
+        assert plain.status_code == 304 and "Preference-Applied" not in plain.headers, prefer
+    assert time.monotonic() - started < 1
+
+
+def test_a_long_poll_ends_at_once_when_the_service_starts_draining(make_app: AppFactory) -> None:
+    app = make_app(clock=lambda: PINNED_NOW)
+    client = app.test_client()
+    tag = client.get("/crypto-price").headers["ETag"]
+    threading.Timer(0.3, get_state(app).draining.set).start()
+    started = time.monotonic()
+    held = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
+    assert held.status_code == 304 and time.monotonic() - started < 2
