@@ -24,6 +24,7 @@ from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
 from service.prices import TickQuote
+from service.request_facts import facts_of
 from service.state import ServiceState, get_state
 
 bp = flask.Blueprint("prices", __name__)
@@ -85,6 +86,7 @@ def _answer_poll(state: ServiceState, current: Callable[[float], Polled]) -> fla
     client_tags = _client_tags()
     wait = preferred_wait(environ.get("HTTP_PREFER"))
     if wait is not None and client_tags is not None and client_tags.contains_weak(polled.tag):
+        facts_of(environ).held = True  # its wait is not request latency
         polled, now = _hold_until_the_tick_turns(state, current, polled, wait)
     response = _respond_and_count_polls(
         state, polled.tag, polled.quotes, now, polled.body_prefix, client_tags

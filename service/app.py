@@ -9,7 +9,7 @@ from collections.abc import Callable
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, errors, faults, ops
+from service import api, errors, faults, ops, push
 from service.config import Settings
 from service.feed import PriceFeed
 from service.instrumentation import Instrumentation, RoutedFlask
@@ -17,6 +17,7 @@ from service.limiting import CLIENT_CLASSES, RateLimiting
 from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
+from service.push import StreamSlots
 from service.state import EXTENSION, ServiceState
 
 
@@ -40,12 +41,15 @@ def create_app(
         clock=clock,
     )
     limiting = RateLimiting(settings, metrics)
-    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting)
+    streams = StreamSlots(settings.max_streams_per_client, metrics)
+    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams)
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    push.init_app(app)
     limiting.init_app(app, api.bp.name)
+    limiting.init_app(app, push.bp.name)
     faults.init_app(app, api.bp.name, settings)
     metrics.start_rate_limit_series(
         (

@@ -25,6 +25,7 @@ DEFAULT_SYMBOLS = "BTC:100.00,ETH:50.00,SOL:20.00,XRP:10.00"
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
+WORKER_CLASSES = ("gthread", "gevent")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
@@ -229,6 +230,10 @@ class Settings:
     log_level: str = setting("info", _one_of(LOG_LEVELS))
     log_flush_seconds: float = setting(0.5, _float_between(0.0, 10.0))
     metrics_dir: str | None = setting(None, _keep, variable=METRICS_DIR_VARIABLE)
+    max_streams_per_client: int = setting(10, _int_between(1, 100_000))
+    stream_lifetime_minutes: float = setting(10.0, _float_between(0.01, 1440.0))
+    worker_class: str = setting("gthread", _one_of(WORKER_CLASSES))
+    worker_connections: int = setting(2000, _int_between(1, 100_000))
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 

@@ -53,6 +53,12 @@ class PriceFeed:
                     self._on_new_tick(quote)
         return quote
 
+    def at_tick(self, symbol: str, tick: int, now: float) -> TickQuote:
+        """The quote of ``tick``: the current one as :meth:`quote` gives it, or a past one."""
+        if tick == self.tick_at(now):
+            return self.quote(symbol, now)
+        return self._quote(symbol, tick)
+
     def history(self, symbol: str, now: float, limit: int) -> list[TickQuote]:
         """The last ``limit`` ticks up to and including the current one, oldest first."""
         if not 1 <= limit <= HISTORY_MAX:

@@ -43,7 +43,12 @@ settings = _with_metrics_dir(_load_settings())
 wsgi_app = "service.app:create_app()"
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
 bind = [f"{_host}:{settings.port}"]
-worker_class = "service.workers.JsonErrorThreadWorker"  # gthread, with JSON error pages
+# gthread or gevent (WORKER_CLASS), each answering gunicorn's own errors in JSON.
+worker_class = {
+    "gthread": "service.workers.JsonErrorThreadWorker",
+    "gevent": "service.workers.JsonErrorGeventWorker",
+}[settings.worker_class]
+worker_connections = settings.worker_connections  # gevent: connections per worker
 workers = settings.workers
 threads = settings.threads
 keepalive = settings.keepalive

@@ -89,7 +89,10 @@ class Instrumentation:
         finally:
             self._metrics.in_flight.dec()
             # No status: the application raised past Flask's own handling.
-            self._record(environ, facts, int(status[:3]) if status else 500, started, request_id)
+            # No status: the application raised past Flask's own handling, or a WebSocket
+            # took the connection over (and answered 101 itself).
+            code = int(status[:3]) if status else (101 if facts.upgraded else 500)
+            self._record(environ, facts, code, started, request_id)
             structlog.contextvars.reset_contextvars(**tokens)
 
     def _record(
@@ -104,7 +107,7 @@ class Instrumentation:
         route = facts.route
         method = environ.get("REQUEST_METHOD", "GET")
         rate_limited = status == 429
-        self._metrics.observe_request(method, route, status, seconds)
+        self._metrics.observe_request(method, route, status, None if facts.held else seconds)
         if rate_limited and facts.client_class is not None:
             self._metrics.count_rate_limited(route, facts.client_class)
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.

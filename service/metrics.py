@@ -166,10 +166,12 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """Count a request, and time it unless ``seconds`` is None (a WebSocket session)."""
         method = method if method in KNOWN_METHODS else "OTHER"
         self._child(self.requests, method, route, str(status)).inc()
-        self._child(self.duration, method, route).observe(seconds)
+        if seconds is not None:
+            self._child(self.duration, method, route).observe(seconds)
 
     def count_poll(self, symbol: str, outcome: str) -> None:
         self._child(self.polls, symbol, outcome).inc()

@@ -21,6 +21,10 @@ class RequestFacts:
     client: str | None = None  # who is asking, as logged: an address or a key's fingerprint
     client_class: str | None = None  # the limiter's class of that client, a metric label
     headers: list[tuple[str, str]] = field(default_factory=list)  # for the response
+    upgraded: bool = False  # a WebSocket took the connection over (it answered 101 itself)
+    # The request's time is a session's or a long-poll's wait, not request latency: it is
+    # counted but kept out of http_request_duration_seconds.
+    held: bool = False
 
 
 def facts_of(environ: dict[str, Any]) -> RequestFacts:

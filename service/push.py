@@ -1,0 +1,218 @@
+"""Push transports beside polling: Server-Sent Events (``GET /v1/prices/stream``) and
+WebSocket (``GET /v1/prices/ws``, flask-sock).
+
+Both carry the ``/v1/prices`` document (all symbols, or a validated ``symbols=`` subset),
+at once and then once per tick. On their own blueprint: the limiter counts opening one
+as one request against the client's budget (same headers, 429, 401), and a hook of this
+blueprint alone caps the push connections a client holds open in this process
+(``MAX_STREAMS_PER_CLIENT``), so the polling path pays for none of it.
+
+An SSE event's ``id`` is its tick: a client reconnecting with ``Last-Event-ID`` first gets
+the ticks it missed (at most ``HISTORY_MAX``), then the live ones, and loses none. A
+stream ends by itself after ``STREAM_LIFETIME_MINUTES`` (EventSource reconnects after the
+``retry`` hint and resumes), and at once when the service starts draining on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import flask
+from flask_sock import Sock
+
+from service.api import batch_prefix, requested_symbols
+from service.errors import ApiError
+from service.feed import HISTORY_MAX
+from service.metrics import Metrics
+from service.request_facts import facts_of
+from service.state import ServiceState, get_state
+
+bp = flask.Blueprint("push", __name__)
+sock = Sock()
+
+SSE_RETRY_MS = 2000  # EventSource waits this long before reconnecting
+HEARTBEAT_SECONDS = 15.0  # a comment line when no tick came, so proxies keep the stream
+WS_PING_SECONDS = 20.0  # pings; a client that does not answer one is dropped
+WS_SEND_TIMEOUT_SECONDS = 10.0  # a client that stops reading is dropped after this
+
+
+class TooManyStreams(ApiError):
+    def __init__(self, cap: int) -> None:
+        super().__init__(
+            429,
+            "too_many_streams",
+            f"At most {cap} push connections per client are open at once; close one first.",
+        )
+
+    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("Retry-After", "1")]
+
+
+class StreamSlots:
+    """The push connections each client holds open in this process, capped."""
+
+    def __init__(self, cap: int, metrics: Metrics) -> None:
+        self._cap = cap
+        self._metrics = metrics
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, client: str, transport: str) -> Slot:
+        with self._lock:
+            if self._open[client] >= self._cap:
+                raise TooManyStreams(self._cap)
+            self._open[client] += 1
+        self._metrics.streams_open.labels(transport).inc()
+        return Slot(self, client, transport)
+
+    def _give_back(self, client: str, transport: str) -> None:
+        with self._lock:
+            self._open[client] -= 1
+            if self._open[client] <= 0:
+                del self._open[client]
+        self._metrics.streams_open.labels(transport).dec()
+
+
+class Slot:
+    """One open push connection's place; released once, however the connection ends."""
+
+    def __init__(self, slots: StreamSlots, client: str, transport: str) -> None:
+        self._slots, self._client, self.transport = slots, client, transport
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._slots._give_back(self._client, self.transport)
+
+
+def init_app(app: flask.Flask) -> None:
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS}
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def _take_a_slot() -> None:
+    """After the limiter's hook (which identified the client): hold a push slot."""
+    state = get_state()
+    environ = flask.request.environ
+    transport = "websocket" if flask.request.endpoint == "push.websocket" else "sse"
+    client = facts_of(environ).client or environ.get("REMOTE_ADDR") or "unknown"
+    flask.g.push_slot = state.streams.take(client, transport)
+
+
+@bp.teardown_request
+def _release_an_unclaimed_slot(_exc: BaseException | None) -> None:
+    # The SSE view hands its slot to the stream, which releases it when the stream ends;
+    # any other way out of the request (an error, a WebSocket session over) releases here.
+    slot: Slot | None = flask.g.pop("push_slot", None)
+    if slot is not None:
+        slot.release()
+
+
+@bp.get("/v1/prices/stream")
+def stream() -> flask.Response:
+    state = get_state()
+    symbols = requested_symbols(state)
+    after = last_event_id(flask.request.headers.get("Last-Event-ID"))
+    slot: Slot = flask.g.pop("push_slot")
+    events = SseStream(state, symbols, after, slot)
+    response = flask.Response(events, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+@sock.route("/v1/prices/ws", bp=bp)  # type: ignore[untyped-decorator]
+def websocket(ws: Any) -> None:
+    state = get_state()
+    symbols = requested_symbols(state)
+    facts = facts_of(flask.request.environ)
+    facts.upgraded = facts.held = True
+    # The reader thread only reads when select() says so (ping_interval is set), so a
+    # timeout on the socket bounds our sends alone: a client that stops reading is dropped.
+    ws.sock.settimeout(WS_SEND_TIMEOUT_SECONDS)
+    for item in ticks(state, symbols, after=None):
+        if item is None:
+            continue  # WebSocket pings keep the connection; no heartbeat frame needed
+        ws.send(item[1])
+        state.metrics.stream_events.labels("websocket").inc()
+    ws.close(reason=1001, message="stream lifetime over or service shutting down")
+
+
+class SseStream:
+    """The event stream as a WSGI iterable whose ``close`` (called by the server when the
+    response ends, the client gone or not) releases the slot."""
+
+    def __init__(self, state: ServiceState, symbols: list[str], after: int | None, slot: Slot):
+        self._events = self._render(state, symbols, after)
+        self._slot = slot
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        self._slot.release()
+
+    @staticmethod
+    def _render(
+        state: ServiceState, symbols: list[str], after: int | None
+    ) -> Generator[bytes, None, None]:
+        yield f"retry: {SSE_RETRY_MS}\n\n".encode()
+        events = state.metrics.stream_events.labels("sse")
+        for item in ticks(state, symbols, after):
+            if item is None:
+                yield b": heartbeat\n\n"
+                continue
+            tick, document = item
+            yield f"id: {tick}\ndata: {document}\n\n".encode()
+            events.inc()
+
+
+def ticks(
+    state: ServiceState, symbols: list[str], after: int | None
+) -> Iterator[tuple[int, str] | None]:
+    """``(tick, document)`` for every tick after ``after`` (the current one when None; at
+    most HISTORY_MAX back), then each new tick as it starts; ``None`` when HEARTBEAT_SECONDS
+    passed without one. Ends after the stream lifetime, or when the service drains."""
+    feed = state.feed
+    ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
+    now = feed.now()
+    current = feed.tick_at(now)
+    first = current if after is None else max(after + 1, current - HISTORY_MAX + 1)
+    for tick in range(first, current + 1):
+        yield tick, document(state, symbols, tick, now)
+    last, quiet_since = current, time.monotonic()
+    while True:
+        until_tick = (last + 1) * feed.tick_seconds - feed.now()
+        until_heartbeat = quiet_since + HEARTBEAT_SECONDS - time.monotonic()
+        left = ends - time.monotonic()
+        if left <= 0 or state.draining.wait(max(0.0, min(until_tick, until_heartbeat, left))):
+            return
+        now = feed.now()
+        current = feed.tick_at(now)
+        if current > last:
+            for tick in range(last + 1, current + 1):  # a slow wake-up skips none
+                yield tick, document(state, symbols, tick, now)
+            last, quiet_since = current, time.monotonic()
+        elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+            yield None
+            quiet_since = time.monotonic()
+
+
+def document(state: ServiceState, symbols: list[str], tick: int, now: float) -> str:
+    """The /v1/prices document of ``tick``, stamped ``now``."""
+    quotes = tuple(state.feed.at_tick(symbol, tick, now) for symbol in symbols)
+    return f"{batch_prefix(quotes)}{now!r}}}"
+
+
+def last_event_id(raw: str | None) -> int | None:
+    """The tick a reconnecting EventSource saw last, or None if absent or not a tick."""
+    if raw is None or not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+        return None
+    return int(raw)
