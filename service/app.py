@@ -47,7 +47,7 @@ def create_app(
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
-    push.init_app(app)
+    push.init_app(app, settings.stream_heartbeat_seconds)
     limiting.init_app(app, api.bp.name)
     limiting.init_app(app, push.bp.name)
     faults.init_app(app, api.bp.name, settings)

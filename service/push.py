@@ -35,9 +35,10 @@ bp = flask.Blueprint("push", __name__)
 sock = Sock()
 
 SSE_RETRY_MS = 2000  # EventSource waits this long before reconnecting
-HEARTBEAT_SECONDS = 15.0  # a comment line when no tick came, so proxies keep the stream
-WS_PING_SECONDS = 20.0  # pings; a client that does not answer one is dropped
 WS_SEND_TIMEOUT_SECONDS = 10.0  # a client that stops reading is dropped after this
+# STREAM_HEARTBEAT_SECONDS: an SSE comment line when no tick came for that long, so that
+# proxies keep the stream; the WebSocket ping interval (a client that does not answer a
+# ping by the next one is dropped).
 
 
 class TooManyStreams(ApiError):
@@ -90,8 +91,8 @@ class Slot:
             self._slots._give_back(self._client, self.transport)
 
 
-def init_app(app: flask.Flask) -> None:
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS}
+def init_app(app: flask.Flask, heartbeat_seconds: float) -> None:
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": heartbeat_seconds}
     app.register_blueprint(bp)
 
 
@@ -178,9 +179,10 @@ def ticks(
     state: ServiceState, symbols: list[str], after: int | None
 ) -> Iterator[tuple[int, str] | None]:
     """``(tick, document)`` for every tick after ``after`` (the current one when None; at
-    most HISTORY_MAX back), then each new tick as it starts; ``None`` when HEARTBEAT_SECONDS
+    most HISTORY_MAX back), then each new tick as it starts; ``None`` when a heartbeat's time
     passed without one. Ends after the stream lifetime, or when the service drains."""
     feed = state.feed
+    heartbeat = state.settings.stream_heartbeat_seconds
     ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
     now = feed.now()
     current = feed.tick_at(now)
@@ -190,7 +192,7 @@ def ticks(
     last, quiet_since = current, time.monotonic()
     while True:
         until_tick = (last + 1) * feed.tick_seconds - feed.now()
-        until_heartbeat = quiet_since + HEARTBEAT_SECONDS - time.monotonic()
+        until_heartbeat = quiet_since + heartbeat - time.monotonic()
         left = ends - time.monotonic()
         if left <= 0 or state.draining.wait(max(0.0, min(until_tick, until_heartbeat, left))):
             return
@@ -200,7 +202,7 @@ def ticks(
             for tick in range(last + 1, current + 1):  # a slow wake-up skips none
                 yield tick, document(state, symbols, tick, now)
             last, quiet_since = current, time.monotonic()
-        elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+        elif time.monotonic() - quiet_since >= heartbeat:
             yield None
             quiet_since = time.monotonic()
 
