@@ -311,6 +311,7 @@ def test_recycled_workers_keep_the_metrics_directory_flat_and_counters_monotonic
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
+
     def get() -> str:
         try:
             return str(requests.get(f"{service.url}/crypto-price", timeout=10).status_code)
