@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import requests
 
@@ -25,6 +26,7 @@ __all__ = [
     "BadPayload",
     "FatalError",
     "Fetched",
+    "Fetcher",
     "PollError",
     "PriceClient",
     "Quote",
@@ -74,6 +76,17 @@ class Fetched:
     received_at: float  # local unix time when the answer arrived
 
 
+class Fetcher(Protocol):
+    """What the polling loop needs of a transport: the next answer, and whether a request
+    is on the wire (the CLI abandons one on SIGINT)."""
+
+    in_flight: bool
+
+    def fetch(self) -> Fetched: ...
+
+    def close(self) -> None: ...
+
+
 class PriceClient:
     """A polite client of the price API: one keep-alive session, timeouts always set,
     conditional requests with the last ETag.
@@ -90,6 +103,7 @@ class PriceClient:
         timeout: float = 5.0,
         api_key: str | None = None,
         session: requests.Session | None = None,
+        long_poll_wait: int | None = None,
     ) -> None:
         self.symbols = tuple(s.upper() for s in symbols)
         base = url.rstrip("/")
@@ -103,12 +117,19 @@ class PriceClient:
         self.session.headers["User-Agent"] = USER_AGENT
         if api_key:
             self.session.headers["X-API-Key"] = api_key
+        # Long-poll: a conditional request also asks the server to hold it until the tick
+        # turns (Prefer: wait=N); the read timeout then allows for the wait.
+        self.long_poll_wait = long_poll_wait
         self.etag: str | None = None
         self.in_flight = False  # true while a request is on the wire (see the CLI's signals)
 
     def fetch(self) -> Fetched:
         """One request. Raises RetryableError, FatalError or BadPayload."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
+        timeout: float | tuple[float, float] = self.timeout
+        if self.etag and self.long_poll_wait:
+            headers["Prefer"] = f"wait={self.long_poll_wait}"
+            timeout = (self.timeout, self.timeout + self.long_poll_wait)
         started = time.monotonic()
         self.in_flight = True
         try:
@@ -116,11 +137,11 @@ class PriceClient:
                 self.endpoint,
                 params=self.params,
                 headers=headers,
-                timeout=self.timeout,
+                timeout=timeout,
                 stream=True,  # the body is read below, bounded
             )
             with response:
-                content = _read_bounded(response)
+                content = read_bounded(response)
         except requests.Timeout:
             raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
         except requests.exceptions.ChunkedEncodingError:
@@ -130,9 +151,9 @@ class PriceClient:
         except requests.exceptions.ContentDecodingError:
             raise BadPayload("the body could not be decompressed") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"connection failed: {_root_cause(exc)}", "connection") from None
+            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
         except requests.RequestException as exc:
-            raise FatalError(f"request failed: {_root_cause(exc)}", 0) from None
+            raise FatalError(f"request failed: {root_cause(exc)}", 0) from None
         finally:
             self.in_flight = False
         latency = time.monotonic() - started
@@ -159,7 +180,7 @@ class PriceClient:
         self.close()
 
 
-def _read_bounded(response: requests.Response) -> bytes | None:
+def read_bounded(response: requests.Response) -> bytes | None:
     """The body, or None when it is longer than MAX_BODY_BYTES (not read further)."""
     chunks: list[bytes] = []
     size = 0
@@ -172,18 +193,21 @@ def _read_bounded(response: requests.Response) -> bytes | None:
 
 
 def _status_error(response: requests.Response, content: bytes | None) -> PollError:
-    status = response.status_code
+    return status_error(response.status_code, content, response.headers.get("Retry-After"))
+
+
+def status_error(status: int, content: bytes | None, retry_after: str | None) -> PollError:
+    """The error an answer with this status (and body, and Retry-After) is."""
     reason = f"HTTP {status}"
     code = error_code(content) if content is not None else None
     if code is not None:
         reason += f" {code}"
     if status in RETRYABLE_STATUSES:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return RetryableError(reason, f"http_{status}", status, retry_after)
+        return RetryableError(reason, f"http_{status}", status, parse_retry_after(retry_after))
     return FatalError(reason, status)
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The innermost exception's text: "[Errno 111] Connection refused", not urllib3's story."""
     for _ in range(10):
         inner = exc.__cause__ or exc.__context__

@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 import click
 import structlog
 
-from client.api import PollError, PriceClient, Quote
+from client.api import Fetcher, PollError, PriceClient, Quote
 from client.metrics import ClientMetrics
 from client.poller import Listener, Poller, PollerOptions
 from client.retry import RetryEvent, RetryPolicy
+from client.streams import SseClient, WebSocketClient
 from client.version import __version__
 
 log = structlog.get_logger(logger_name="crypto-poll")
@@ -98,6 +99,22 @@ class FanOut(Listener):
     def on_skipped_ticks(self, ticks: int) -> None:
         for listener in self.listeners:
             listener.on_skipped_ticks(ticks)
+
+
+TRANSPORTS = ("poll", "long-poll", "sse", "websocket")
+LONG_POLL_WAIT = 30  # seconds the server may hold a long-poll (Prefer: wait=30)
+
+
+def make_client(
+    transport: str, url: str, symbols: list[str], timeout: float, api_key: str | None
+) -> Fetcher:
+    """The transport's client; every one answers ``fetch()`` alike."""
+    if transport == "sse":
+        return SseClient(url, symbols, timeout=timeout, api_key=api_key)
+    if transport == "websocket":
+        return WebSocketClient(url, symbols, timeout=timeout, api_key=api_key)
+    wait = LONG_POLL_WAIT if transport == "long-poll" else None
+    return PriceClient(url, symbols, timeout=timeout, api_key=api_key, long_poll_wait=wait)
 
 
 def _configure_logging(log_format: str, quiet: bool) -> None:
@@ -201,6 +218,14 @@ def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
 )
 @option("--api-key", default=None, help="Sent as X-API-Key.")
 @option(
+    "--transport",
+    type=click.Choice(TRANSPORTS),
+    default="poll",
+    show_default=True,
+    help="poll: scheduled requests; long-poll: requests the server holds until the tick "
+    "turns (Prefer: wait); sse: Server-Sent Events; websocket: a WebSocket.",
+)
+@option(
     "--align/--no-align",
     default=True,
     show_default=True,
@@ -238,6 +263,7 @@ def main(
     max_wait: float,
     output: str,
     api_key: str | None,
+    transport: str,
     align: bool,
     spread: float,
     metrics_port: int | None,
@@ -251,7 +277,7 @@ def main(
     1 when any of the --count polls failed after its retries; 2 for a usage error.
     """
     _configure_logging(log_format, quiet)
-    client = PriceClient(url, symbols, timeout=timeout, api_key=api_key)
+    client = make_client(transport, url, symbols, timeout, api_key)
     listeners: list[Listener] = [Printer(output)]
     if metrics_port is not None:
         metrics = ClientMetrics()
@@ -260,7 +286,9 @@ def main(
     stop = threading.Event()
     poller = Poller(
         client,
-        PollerOptions(interval, count, align, spread, RetryPolicy(max_attempts, max_wait)),
+        PollerOptions(
+            interval, count, align, spread, RetryPolicy(max_attempts, max_wait), transport
+        ),
         FanOut(*listeners),
         stop,
     )
@@ -280,7 +308,11 @@ def main(
         client.close()
     stats = poller.stats
     if not quiet:
-        log.info("summary", **stats.summary())
+        reconnects = getattr(client, "reconnects", None)  # push transports count them
+        extra = {"transport": transport} | (
+            {"reconnects": reconnects} if reconnects is not None else {}
+        )
+        log.info("summary", **stats.summary(), **extra)
     if stats.failures and not stop.is_set():
         log.error(f"{stats.failures} of {stats.polls} polls failed")
         sys.exit(1)

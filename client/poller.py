@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from client.api import BadPayload, Fetched, PollError, PriceClient, Quote, RetryableError
+from client.api import BadPayload, Fetched, Fetcher, PollError, Quote, RetryableError
 from client.retry import Interrupted, RetryEvent, RetryPolicy, fetch_with_retries
 from client.schedule import next_poll_at
 
@@ -63,6 +63,9 @@ class PollerOptions:
     align: bool = True
     spread: float = 0.25
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # poll: scheduled requests. long-poll, sse, websocket: the server paces the answers,
+    # so the next one is asked for as soon as one arrives (failures still back off).
+    transport: str = "poll"
 
 
 class Listener:
@@ -80,7 +83,7 @@ class Listener:
 class Poller:
     def __init__(
         self,
-        client: PriceClient,
+        client: Fetcher,
         options: PollerOptions,
         listener: Listener | None = None,
         stop: threading.Event | None = None,
@@ -107,6 +110,11 @@ class Poller:
                 break  # interrupted by stop: this poll is not counted
             if options.count and self.stats.polls >= options.count:
                 break
+            if options.transport != "poll" and not self._failures_in_a_row:
+                at = max(self._clock(), self._not_before)
+                if self.stop.wait(max(0.0, at - self._clock())):
+                    break
+                continue
             at = next_poll_at(
                 last_end=self._clock(),  # after the poll's retries and their waits
                 interval=options.interval,
@@ -143,8 +151,9 @@ class Poller:
             return True
         stats.polls += 1
         stats.requests += attempts
-        stats.latencies.append(fetched.latency)
-        self.listener.on_request(fetched.latency)
+        if self.options.transport == "poll":  # elsewhere the time is the server's pacing
+            stats.latencies.append(fetched.latency)
+            self.listener.on_request(fetched.latency)
         self._failures_in_a_row = 0
         self._learn_schedule(fetched)
         if fetched.not_modified:
@@ -171,8 +180,10 @@ class Poller:
             # Server time -> local time, from the response's own timestamp, which was
             # taken at most half the round trip either side of its midpoint: wait that
             # much longer, so an early clock never asks before the tick has turned.
-            offset = quote.timestamp - (fetched.received_at - fetched.latency / 2)
-            self._next_tick_at = min(due) - offset + fetched.latency / 2
+            # Pushed and long-polled answers are stamped when sent, after any wait.
+            in_transit = fetched.latency / 2 if self.options.transport == "poll" else 0.0
+            offset = quote.timestamp - (fetched.received_at - in_transit)
+            self._next_tick_at = min(due) - offset + in_transit
             self._offset = offset
         elif fetched.max_age is not None and self._next_tick_at is None:
             # No tick hints: a max-age still says how long this answer stays current.

@@ -15,7 +15,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from client.api import Fetched, PollError, PriceClient, RetryableError
+from client.api import Fetched, Fetcher, PollError, RetryableError
 
 
 class stop_before_budget(stop_base):
@@ -52,7 +52,7 @@ class RetryEvent:
 
 
 def fetch_with_retries(
-    client: PriceClient,
+    client: Fetcher,
     policy: RetryPolicy,
     stop: threading.Event,
     on_retry: Callable[[RetryEvent], None] = lambda _event: None,

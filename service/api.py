@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import flask
 from werkzeug.datastructures import ETags
@@ -42,11 +42,13 @@ def crypto_price() -> flask.Response:
     symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
     seed = state.settings.price_seed
 
-    def current(now: float) -> Polled:
-        quote = state.feed.quote(symbol, now)
+    def current(now: float, tick: int | None = None) -> Polled:
+        quote = (
+            state.feed.quote(symbol, now) if tick is None else state.feed.at_tick(symbol, tick, now)
+        )
         return Polled(_etag(seed, symbol, quote.tick), (quote,), lambda: _single_prefix(quote))
 
-    return _answer_poll(state, current)
+    return _answer_poll(state, current, symbol)
 
 
 @bp.get("/v1/prices")
@@ -55,11 +57,14 @@ def prices() -> flask.Response:
     symbols = requested_symbols(state)
     subject, seed = ",".join(symbols), state.settings.price_seed
 
-    def current(now: float) -> Polled:
-        quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
+    def current(now: float, tick: int | None = None) -> Polled:
+        if tick is None:
+            quotes = tuple(state.feed.quote(symbol, now) for symbol in symbols)
+        else:
+            quotes = tuple(state.feed.at_tick(symbol, tick, now) for symbol in symbols)
         return Polled(_etag(seed, subject, quotes[0].tick), quotes, lambda: batch_prefix(quotes))
 
-    return _answer_poll(state, current)
+    return _answer_poll(state, current, subject)
 
 
 def requested_symbols(state: ServiceState) -> list[str]:
@@ -76,24 +81,51 @@ class Polled(NamedTuple):  # a NamedTuple: this is made on every poll
     body_prefix: Callable[[], str]
 
 
-def _answer_poll(state: ServiceState, current: Callable[[float], Polled]) -> flask.Response:
+class Current(Protocol):
+    def __call__(self, now: float, tick: int | None = None) -> Polled: ...
+
+
+def _answer_poll(state: ServiceState, current: Current, subject: str) -> flask.Response:
     """A poll, or with ``Prefer: wait=N`` a long-poll: while the client's If-None-Match is
     still current, hold the answer until the tick turns (200 with the new prices) or N
-    seconds pass (304), and say ``Preference-Applied``. Without Prefer, an ordinary poll."""
+    seconds pass (304), and say ``Preference-Applied``. A long-poll whose tag names an
+    earlier tick (a client back from an outage) gets the tick after it, so that a client
+    catching up sees every tick, as the Consul blocking queries that inspired this do.
+    Without Prefer, an ordinary poll."""
     environ = flask.request.environ
     now = state.feed.now()
     polled = current(now)
     client_tags = _client_tags()
     wait = preferred_wait(environ.get("HTTP_PREFER"))
-    if wait is not None and client_tags is not None and client_tags.contains_weak(polled.tag):
-        facts_of(environ).held = True  # its wait is not request latency
-        polled, now = _hold_until_the_tick_turns(state, current, polled, wait)
+    if wait is not None and client_tags is not None:
+        if client_tags.contains_weak(polled.tag):
+            facts_of(environ).held = True  # its wait is not request latency
+            polled, now = _hold_until_the_tick_turns(state, current, polled, wait)
+        else:
+            behind = _tick_after(state, client_tags, subject, polled.quotes[0].tick)
+            if behind is not None:
+                polled = current(now, behind)
     response = _respond_and_count_polls(
         state, polled.tag, polled.quotes, now, polled.body_prefix, client_tags
     )
     if wait is not None:
         response.headers.add("Preference-Applied", f"wait={wait}")
     return response
+
+
+def _tick_after(state: ServiceState, tags: ETags, subject: str, current: int) -> int | None:
+    """The tick after the one the client's tag names, when that is one of ours for this
+    subject, earlier than ``current`` and no further back than the history reaches."""
+    for tag in tags.as_set(include_weak=True):
+        seen, _, _ = tag.partition("-")
+        if not (seen.isascii() and seen.isdigit() and len(seen) <= 15):
+            continue
+        tick = int(seen)
+        if tag == _etag(state.settings.price_seed, subject, tick) and (
+            current - HISTORY_MAX < tick < current
+        ):
+            return tick + 1
+    return None
 
 
 def preferred_wait(prefer: str | None) -> int | None:
@@ -108,7 +140,7 @@ def preferred_wait(prefer: str | None) -> int | None:
 
 
 def _hold_until_the_tick_turns(
-    state: ServiceState, current: Callable[[float], Polled], polled: Polled, wait: int
+    state: ServiceState, current: Current, polled: Polled, wait: int
 ) -> tuple[Polled, float]:
     deadline = time.monotonic() + wait
     state.metrics.long_polls_waiting.inc()

@@ -185,3 +185,25 @@ def test_a_long_poll_ends_at_once_when_the_service_starts_draining(make_app: App
     started = time.monotonic()
     held = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
     assert held.status_code == 304 and time.monotonic() - started < 2
+
+
+def test_a_long_poll_behind_the_tick_catches_up_one_tick_at_a_time(make_app: AppFactory) -> None:
+    client = make_app(PRICE_TICK_SECONDS="0.5").test_client()
+    first = client.get("/v1/prices?symbols=ETH")
+    tick = first.get_json()["prices"][0]["tick"]
+    time.sleep(1.1)  # two ticks or more pass unseen, as in an outage
+    plain = client.get("/v1/prices?symbols=ETH", headers={"If-None-Match": first.headers["ETag"]})
+    assert plain.get_json()["prices"][0]["tick"] >= tick + 2  # a poll gets the current tick
+    tag, seen = first.headers["ETag"], []
+    for _ in range(3):
+        caught_up = client.get(
+            "/v1/prices?symbols=ETH", headers={"If-None-Match": tag, "Prefer": "wait=5"}
+        )
+        assert caught_up.status_code == 200
+        tag = caught_up.headers["ETag"]
+        seen.append(caught_up.get_json()["prices"][0]["tick"])
+    assert seen == [tick + 1, tick + 2, tick + 3]  # every tick, none skipped
+    foreign = client.get(
+        "/v1/prices?symbols=BTC", headers={"If-None-Match": tag, "Prefer": "wait=1"}
+    )
+    assert foreign.status_code == 200  # another subject's tag is just not current

@@ -1,0 +1,191 @@
+"""The push transports as the polling loop sees them: ``fetch()`` returns the next price
+document the server pushed, connecting (and reconnecting) as needed, and raises the same
+errors as :class:`~client.api.PriceClient`, so the same retries, backoff and Retry-After
+handling apply to connecting.
+
+* :class:`SseClient` reads ``GET /v1/prices/stream`` and resumes with ``Last-Event-ID``:
+  across a reconnect, even to a restarted server, no tick is lost.
+* :class:`WebSocketClient` reads ``GET /v1/prices/ws``; a reconnect starts at the
+  current tick (the ticks in between are counted as skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+import simple_websocket
+
+from client.api import (
+    FatalError,
+    Fetched,
+    RetryableError,
+    read_bounded,
+    root_cause,
+    status_error,
+)
+from client.payload import BadPayload, parse_quotes
+from client.sse import Event, EventStream, split_lines
+from client.version import USER_AGENT
+
+# A stream that says nothing for this long (the server's heartbeat is 15 s) is dead.
+SILENCE_SECONDS = 45.0
+
+
+class _PushClient:
+    path = ""
+
+    def __init__(
+        self,
+        url: str,
+        symbols: list[str] | tuple[str, ...] = (),
+        *,
+        timeout: float = 5.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.base = url.rstrip("/")
+        self.symbols = tuple(s.upper() for s in symbols)
+        self.timeout = timeout
+        self.headers = {"User-Agent": USER_AGENT}
+        if api_key:
+            self.headers["X-API-Key"] = api_key
+        self.in_flight = False  # true while waiting on the network (see the CLI's signals)
+        self.reconnects = 0  # connections after the first
+
+    @property
+    def query(self) -> str:
+        return f"?symbols={','.join(self.symbols)}" if self.symbols else ""
+
+    def fetch(self) -> Fetched:
+        """The next document: a fresh quote set, never ``not_modified``."""
+        started = time.monotonic()
+        self.in_flight = True
+        try:
+            data = self._next_document()
+        finally:
+            self.in_flight = False
+        quotes = parse_quotes(data.encode(), "application/json")
+        if not self.symbols:
+            quotes = quotes[:1]  # the server's default symbol (its first), as a poll gets
+        return Fetched(quotes, False, None, None, time.monotonic() - started, time.time())
+
+    def _next_document(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class SseClient(_PushClient):
+    path = "/v1/prices/stream"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stream = EventStream()
+        self._response: requests.Response | None = None
+        self._events: Iterator[Event] | None = None
+        self._connected_once = False
+
+    def _connect(self) -> Iterator[Event]:
+        headers = dict(self.headers)
+        if self._stream.last_event_id:
+            headers["Last-Event-ID"] = self._stream.last_event_id
+        try:
+            response = requests.get(
+                self.base + self.path + self.query,
+                headers=headers,
+                stream=True,
+                timeout=(self.timeout, SILENCE_SECONDS),
+            )
+        except requests.Timeout:
+            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
+        except requests.ConnectionError as exc:
+            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+        except requests.RequestException as exc:
+            raise FatalError(f"request failed: {root_cause(exc)}", 0) from None
+        if response.status_code != 200:
+            with response:
+                content = read_bounded(response)
+            raise status_error(response.status_code, content, response.headers.get("Retry-After"))
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.close()
+            raise BadPayload("not an event stream")
+        if self._connected_once:
+            self.reconnects += 1
+        self._connected_once = True
+        self._response = response
+        return self._stream.feed(split_lines(response.iter_content(chunk_size=None)))
+
+    def _next_document(self) -> str:
+        while True:
+            if self._events is None:
+                self._events = self._connect()
+            try:
+                return next(self._events).data
+            except StopIteration:
+                self.close()  # the stream ended (its lifetime, or a restart): resume
+            except (requests.RequestException, OSError) as exc:
+                self.close()
+                raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+        self._response, self._events = None, None
+
+
+class WebSocketClient(_PushClient):
+    path = "/v1/prices/ws"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ws: Any = None
+        self._connected_once = False
+
+    def _connect(self) -> Any:
+        url = ("ws" + self.base.removeprefix("http")) + self.path + self.query
+        try:
+            ws = simple_websocket.Client.connect(url, headers=self.headers)
+        except simple_websocket.ConnectionError as exc:
+            status = exc.status_code
+            if status is None:
+                raise RetryableError("connection failed", "connection") from None
+            # The refusal's body and Retry-After are not exposed by simple-websocket.
+            raise status_error(int(status), None, None) from None
+        except OSError as exc:
+            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+        if self._connected_once:
+            self.reconnects += 1
+        self._connected_once = True
+        return ws
+
+    def _next_document(self) -> str:
+        while True:
+            if self._ws is None:
+                self._ws = self._connect()
+            try:
+                message = self._ws.receive(timeout=SILENCE_SECONDS)
+            except simple_websocket.ConnectionClosed:
+                self.close()  # the server ended the session: connect again
+                continue
+            except OSError as exc:
+                self.close()
+                raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
+            if message is None:
+                self.close()
+                raise RetryableError(f"silent for {SILENCE_SECONDS:g} s", "timeout")
+            return message if isinstance(message, str) else message.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(Exception):  # it may be gone already
+                self._ws.close()
+        self._ws = None
