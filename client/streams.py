@@ -33,6 +33,7 @@ from client.version import USER_AGENT
 
 # A stream that says nothing for this long (the server's heartbeat is 15 s) is dead.
 SILENCE_SECONDS = 45.0
+DEFAULT_RETRY_MS = 2000  # before reconnecting, when the server sent no retry hint
 
 
 class _PushClient:
@@ -131,7 +132,11 @@ class SseClient(_PushClient):
             try:
                 return next(self._events).data
             except StopIteration:
-                self.close()  # the stream ended (its lifetime, or a restart): resume
+                # The stream ended (its lifetime, or the server going away): reconnect
+                # after the server's retry hint, as EventSource does, and resume.
+                self.close()
+                retry = (self._stream.retry_ms or DEFAULT_RETRY_MS) / 1000
+                raise RetryableError("the stream ended", "stream_end", None, retry) from None
             except (requests.RequestException, OSError) as exc:
                 self.close()
                 raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
@@ -174,8 +179,8 @@ class WebSocketClient(_PushClient):
             try:
                 message = self._ws.receive(timeout=SILENCE_SECONDS)
             except simple_websocket.ConnectionClosed:
-                self.close()  # the server ended the session: connect again
-                continue
+                self.close()  # the server ended the session: connect again, with backoff
+                raise RetryableError("the server closed the WebSocket", "stream_end") from None
             except OSError as exc:
                 self.close()
                 raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None

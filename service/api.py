@@ -21,7 +21,7 @@ from werkzeug.datastructures import ETags
 from werkzeug.http import parse_etags
 
 from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
-from service.errors import ApiError
+from service.errors import ApiError, ShuttingDown
 from service.feed import HISTORY_MAX
 from service.prices import TickQuote
 from service.request_facts import facts_of
@@ -98,6 +98,8 @@ def _answer_poll(state: ServiceState, current: Current, subject: str) -> flask.R
     client_tags = _client_tags()
     wait = preferred_wait(environ.get("HTTP_PREFER"))
     if wait is not None and client_tags is not None:
+        if state.draining.is_set():
+            raise ShuttingDown()  # not a 304 at once, which the client would re-ask at once
         if client_tags.contains_weak(polled.tag):
             facts_of(environ).held = True  # its wait is not request latency
             polled, now = _hold_until_the_tick_turns(state, current, polled, wait)
@@ -149,8 +151,10 @@ def _hold_until_the_tick_turns(
             now = state.feed.now()
             to_tick = polled.quotes[0].next_update_at - now
             left = deadline - time.monotonic()
-            if left <= 0 or state.draining.wait(max(0.0, min(to_tick, left))):
-                return polled, state.feed.now()  # out of time, or shutting down: a 304
+            if state.draining.wait(max(0.0, min(to_tick, left))):
+                raise ShuttingDown()
+            if left <= 0:
+                return polled, state.feed.now()  # out of time: a 304
             now = state.feed.now()
             turned = current(now)
             if turned.tag != polled.tag:

@@ -30,6 +30,16 @@ class ApiError(HTTPException):
         self.extra = extra
 
 
+class ShuttingDown(ApiError):
+    """A stream or long-poll asked of a worker that is draining: try again (elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "shutting_down", "This instance is shutting down; retry shortly.")
+
+    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("Retry-After", "1"), ("Connection", "close")]
+
+
 def snake_code(reason: str) -> str:
     """ "Request Header Fields Too Large" -> "request_header_fields_too_large"."""
     return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"

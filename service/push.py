@@ -25,7 +25,7 @@ import flask
 from flask_sock import Sock
 
 from service.api import batch_prefix, requested_symbols
-from service.errors import ApiError
+from service.errors import ApiError, ShuttingDown
 from service.feed import HISTORY_MAX
 from service.metrics import Metrics
 from service.request_facts import facts_of
@@ -98,8 +98,11 @@ def init_app(app: flask.Flask, heartbeat_seconds: float) -> None:
 
 @bp.before_request
 def _take_a_slot() -> None:
-    """After the limiter's hook (which identified the client): hold a push slot."""
+    """After the limiter's hook (which identified the client): hold a push slot, unless
+    this worker is draining (a stream it ended at once would be reopened at once)."""
     state = get_state()
+    if state.draining.is_set():
+        raise ShuttingDown()
     environ = flask.request.environ
     transport = "websocket" if flask.request.endpoint == "push.websocket" else "sse"
     client = facts_of(environ).client or environ.get("REMOTE_ADDR") or "unknown"

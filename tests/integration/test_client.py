@@ -3,6 +3,7 @@ servers that misbehave."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -324,3 +326,64 @@ def test_client_metrics_count_what_the_server_answered() -> None:
     assert families[("crypto_poll_retries_total", (("reason", "http_503"),))] == served_503 == 1
     assert families[("crypto_poll_skipped_ticks_total", ())] == 2
     assert families[("crypto_poll_price", (("symbol", "BTC"),))] == 101.0
+
+
+@pytest.mark.parametrize("transport", ["poll", "long-poll", "sse", "websocket"])
+def test_every_transport_prints_the_same_lines_and_summary(
+    start_service: ServiceFactory, transport: str
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS="0.5")
+    result = poll(
+        "--url", service.url, "--transport", transport, "--count", "4", "--interval", "0.3",
+        "--log-format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].endswith("| BTC | change: n/a")
+    assert all(" | BTC | change: " in line and "%)" in line for line in lines[1:])
+    stats = summary(result.stderr)
+    assert (stats["polls"], stats["fresh"], stats["unchanged"], stats["failures"]) == (4, 4, 0, 0)
+    assert stats["skipped_ticks"] == 0 and stats["transport"] == transport
+
+
+@pytest.mark.parametrize("transport", ["long-poll", "sse"])
+def test_across_a_server_restart_no_tick_is_lost(
+    start_service: ServiceFactory, transport: str
+) -> None:
+    port = str(free_port())
+    service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    client = PollRun(
+        "--url", service.url, "--transport", transport, "--count", "14", "--output", "json",
+        "--log-format", "json",
+    )  # fmt: skip
+    client.wait_for_output(4)
+    assert service.stop() == 0
+    client.wait_for_log('"retrying"')  # it noticed, and the ticks go on without it
+    start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    returncode, stdout, stderr = client.finish(timeout=60)
+    assert returncode == 0, stderr
+    ticks = [json.loads(line)["tick"] for line in stdout.splitlines()]
+    assert ticks == list(range(ticks[0], ticks[0] + 14)), ticks  # every one, in order
+    stats = summary(stderr)
+    assert stats["skipped_ticks"] == 0 and stats["retries"] >= 1
+
+
+def test_a_websocket_client_counts_the_ticks_a_restart_cost_it(
+    start_service: ServiceFactory,
+) -> None:
+    port = str(free_port())
+    service = start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    client = PollRun(
+        "--url", service.url, "--transport", "websocket", "--count", "8", "--output", "json",
+        "--log-format", "json",
+    )  # fmt: skip
+    client.wait_for_output(3)
+    assert service.stop() == 0
+    client.wait_for_log('"retrying"')
+    start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
+    returncode, stdout, stderr = client.finish(timeout=60)
+    assert returncode == 0, stderr
+    ticks = [json.loads(line)["tick"] for line in stdout.splitlines()]
+    gaps = sum(b - a - 1 for a, b in itertools.pairwise(ticks))
+    stats = summary(stderr)
+    assert gaps >= 1 and stats["skipped_ticks"] == gaps and stats["reconnects"] >= 1

@@ -184,7 +184,14 @@ def test_a_long_poll_ends_at_once_when_the_service_starts_draining(make_app: App
     threading.Timer(0.3, get_state(app).draining.set).start()
     started = time.monotonic()
     held = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
-    assert held.status_code == 304 and time.monotonic() - started < 2
+    assert held.status_code == 503 and time.monotonic() - started < 2
+    assert held.get_json()["error"] == "shutting_down"
+    assert held.headers["Retry-After"] == "1" and held.headers["Connection"] == "close"
+    # A new long-poll or stream is refused at once; a plain poll is still answered.
+    again = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
+    assert again.status_code == 503
+    assert client.get("/v1/prices/stream").status_code == 503
+    assert client.get("/crypto-price", headers={"If-None-Match": tag}).status_code == 304
 
 
 def test_a_long_poll_behind_the_tick_catches_up_one_tick_at_a_time(make_app: AppFactory) -> None:
