@@ -28,7 +28,14 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
     """The responses of a rate-limited, conditional price endpoint."""
     headers = {
         name: {"$ref": f"#/components/headers/{name}"}
-        for name in ("ETag", "Cache-Control", "X-Request-ID", "RateLimit", "RateLimit-Policy")
+        for name in (
+            "ETag",
+            "Cache-Control",
+            "X-Request-ID",
+            "RateLimit",
+            "RateLimit-Policy",
+            "Preference-Applied",
+        )
     }
     return {
         "200": {
@@ -48,7 +55,24 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
             "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
         },
         "500": _error("Injected fault (FAULT_ERROR_RATE) or internal error."),
-        "503": _error("Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false."),
+        "503": _error(
+            "Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false, or a long-poll "
+            "asked of an instance that is shutting down (Retry-After: 1)."
+        ),
+    }
+
+
+def _refusals() -> dict[str, Any]:
+    """What opening a stream may be refused with."""
+    return {
+        "400": _error("Malformed parameter."),
+        "401": _error("Unknown X-API-Key."),
+        "404": _error("Unknown symbol."),
+        "429": {
+            **_error("Rate limit exceeded, or MAX_STREAMS_PER_CLIENT open already."),
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        },
+        "503": _error("Shutting down (Retry-After: 1), or the rate limit storage is down."),
     }
 
 
@@ -58,12 +82,16 @@ def _get(
     parameters: list[Any] | None = None,
     conditional: bool = False,
     keyed: bool = False,
+    long_poll: bool = False,
 ) -> dict[str, Any]:
-    """A GET operation; ``conditional`` takes If-None-Match, ``keyed`` an optional API key."""
+    """A GET operation; ``conditional`` takes If-None-Match, ``keyed`` an optional API key,
+    ``long_poll`` a Prefer: wait=N."""
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     params = [{"$ref": "#/components/parameters/X-Request-ID"}, *(parameters or [])]
     if conditional:
         params.append({"$ref": "#/components/parameters/If-None-Match"})
+    if long_poll:
+        params.append({"$ref": "#/components/parameters/Prefer"})
     if keyed:
         operation["security"] = [{}, {"apiKey": []}]
     operation["parameters"] = params
@@ -74,6 +102,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     symbols = list(settings.symbols)
     symbol_schema = {"type": "string", "pattern": f"^{SYMBOL_PARAMETER}$", "example": symbols[0]}
     symbol_list = f"^{SYMBOL_PARAMETER}(,{SYMBOL_PARAMETER}){{0,{MAX_BATCH_SYMBOLS - 1}}}$"
+    symbols_parameter = {
+        "name": "symbols",
+        "in": "query",
+        "required": False,
+        "description": "Comma-separated symbols (default: all).",
+        "schema": {"type": "string", "pattern": symbol_list, "example": ",".join(symbols[:2])},
+    }
     quote: dict[str, Any] = {
         "type": "object",
         "required": ["price", "timestamp", "symbol", "tick", "updated_at", "next_update_at"],
@@ -103,6 +138,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 [{"name": "symbol", "in": "query", "required": False, "schema": symbol_schema}],
                 conditional=True,
                 keyed=True,
+                long_poll=True,
             ),
             "/v1/prices": _get(
                 "Current prices of all or some symbols.",
@@ -121,6 +157,37 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     }
                 ],
                 conditional=True,
+                keyed=True,
+                long_poll=True,
+            ),
+            "/v1/prices/stream": _get(
+                "Server-Sent Events: the /v1/prices document at once, then one event per tick "
+                "(id: the tick). A reconnect with Last-Event-ID first gets the ticks it missed.",
+                {
+                    "200": {
+                        "description": "An event stream (retry hint, events, heartbeat "
+                        "comments); it ends by itself after STREAM_LIFETIME_MINUTES.",
+                        "headers": {
+                            "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
+                            "RateLimit": {"$ref": "#/components/headers/RateLimit"},
+                            "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
+                        },
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_refusals(),
+                },
+                [symbols_parameter, {"$ref": "#/components/parameters/Last-Event-ID"}],
+                keyed=True,
+            ),
+            "/v1/prices/ws": _get(
+                "WebSocket: the /v1/prices document as a JSON text frame at once and per "
+                "tick; pings keep it alive. Plain HTTP requests are refused with 400.",
+                {
+                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "400": _error("Not a WebSocket handshake."),
+                    **_refusals(),
+                },
+                [symbols_parameter],
                 keyed=True,
             ),
             "/v1/prices/{symbol}/history": _get(
@@ -188,6 +255,22 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "required": False,
                     "schema": {"type": "string"},
                 },
+                "Prefer": {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "description": "RFC 7240 wait=N (1-60): with a current If-None-Match, hold "
+                    "the answer until the tick turns (200) or N seconds pass (304). A tag of an "
+                    "earlier tick gets the tick after it.",
+                    "schema": {"type": "string", "example": "wait=30"},
+                },
+                "Last-Event-ID": {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "The last tick seen: the stream starts after it.",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                },
             },
             "headers": {
                 "X-Request-ID": {"schema": {"type": "string"}},
@@ -195,6 +278,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Cache-Control": {"schema": {"type": "string", "pattern": "^max-age=\\d+$"}},
                 "RateLimit": {"schema": {"type": "string"}},
                 "RateLimit-Policy": {"schema": {"type": "string"}},
+                "Preference-Applied": {"schema": {"type": "string", "example": "wait=30"}},
             },
             "schemas": {
                 "Quote": quote,
