@@ -36,6 +36,7 @@ from grafana_foundation_sdk.models.dashboard import (
 UID = "crypto-service"
 OUTPUT = Path(__file__).parent / "dashboards" / "crypto-service.json"
 KUBERNETES_ROW = "Kubernetes"
+PUSH_ROW = "Push and long-poll"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # Every service query is narrowed by the dashboard's variables.
@@ -228,6 +229,35 @@ def health_panels() -> list[timeseries.Panel | stat.Panel]:
     ]
 
 
+def push_panels() -> list[timeseries.Panel | stat.Panel]:
+    return [
+        graph(
+            "Open streams by transport",
+            "Server-Sent Events streams and WebSockets open now, across live workers.",
+            "short",
+            query(
+                f"sum by (transport) (streams_open{{{SEL}}})",
+                "{{transport}}",
+            ),
+        ),
+        graph(
+            "Events pushed per second by transport",
+            "Price events sent on open streams: one per tick and stream.",
+            "ops",
+            query(
+                f"sum by (transport) (rate(stream_events_sent_total{{{SEL}}}{RATE}))",
+                "{{transport}}",
+            ),
+        ),
+        graph(
+            "Long-polls waiting",
+            "Requests with Prefer: wait holding their answer until the tick turns.",
+            "short",
+            query(f"sum(long_polls_waiting{{{SEL}}})", "waiting"),
+        ),
+    ]
+
+
 def kubernetes_row() -> Row:
     pods = 'namespace=~"$namespace", pod=~"crypto-service.*"'
     row = Row(KUBERNETES_ROW)
@@ -282,7 +312,7 @@ def build() -> Dashboard:
         .uid(UID)
         .description(
             "Polling load and health of crypto-service: requests, polls per price "
-            "change, 304 and 429 shares, latency, errors, prices and clients."
+            "change, 304 and 429 shares, latency, errors, prices and clients, streams."
         )
         .tags(["crypto-service", "polling", "generated"])
         .time("now-1h", "now")
@@ -320,6 +350,7 @@ def build() -> Dashboard:
         ("Polling load", traffic_panels()),
         ("Latency and errors", latency_panels()),
         ("Prices, targets and clients", health_panels()),
+        (PUSH_ROW, push_panels()),
     ):
         dashboard = dashboard.with_row(Row(title))
         for panel in panels:

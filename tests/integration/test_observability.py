@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import simple_websocket
 
 from grafana import dashboard
 from tests.grafana.test_dashboard import all_panels, committed
@@ -84,6 +85,36 @@ class Load:
             self._record(session.get(f"{self.url}/crypto-price", timeout=5).status_code)
             self.stop.wait(0.05)
 
+    def long_poller(self, symbol: str) -> None:
+        session = requests.Session()
+        session.headers["X-API-Key"] = KEY
+        etag = None
+        while not self.stop.is_set():
+            headers: dict[str, str] = {"If-None-Match": etag, "Prefer": "wait=5"} if etag else {}
+            response = session.get(
+                f"{self.url}/v1/prices?symbols={symbol}", headers=headers, timeout=15
+            )
+            etag = response.headers.get("ETag", etag)
+            self._record(response.status_code)
+
+    def stream_reader(self) -> None:
+        with requests.get(
+            f"{self.url}/v1/prices/stream",
+            headers={"X-API-Key": KEY},
+            stream=True,
+            timeout=(5, 30),
+        ) as response:
+            for _ in response.iter_content(chunk_size=None):
+                if self.stop.is_set():
+                    return
+
+    def websocket_reader(self) -> None:
+        address = self.url.replace("http://", "ws://")
+        ws = simple_websocket.Client.connect(f"{address}/v1/prices/ws", headers={"X-API-Key": KEY})
+        while not self.stop.is_set():
+            ws.receive(timeout=1)
+        ws.close()
+
     def rate_between(self, start: float, end: float) -> float:
         with self._lock:
             return sum(1 for t in self.completed if start < t <= end) / (end - start)
@@ -130,6 +161,9 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
         threading.Thread(target=load.keyed_poller, args=(None,)),
         threading.Thread(target=load.keyed_poller, args=("BTC,ETH",)),
         threading.Thread(target=load.anonymous_hammer),
+        *(threading.Thread(target=load.long_poller, args=(s,)) for s in ("SOL", "XRP", "ETH")),
+        threading.Thread(target=load.stream_reader),
+        threading.Thread(target=load.websocket_reader),
     ]
     try:
         for worker in workers:
@@ -193,8 +227,18 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
     share_304 = float(answered["Share of polls answered 304 Not Modified/A"][0]["value"][1])
     assert 0.3 < share_304 < 1
     # The load makes these non-zero; a broken query answering only its fallback would not.
-    for title in ("5xx ratio/A", "Client retries per second/A"):
+    for title in (
+        "5xx ratio/A",
+        "Client retries per second/A",
+        "Events pushed per second by transport/A",
+        "Long-polls waiting/A",
+    ):
         assert sum(float(s["value"][1]) for s in answered[title]) > 0, title
+    open_streams = {
+        s["metric"]["transport"]: float(s["value"][1])
+        for s in answered["Open streams by transport/A"]
+    }
+    assert open_streams == {"sse": 1.0, "websocket": 1.0}
     per_change = {
         s["metric"]["symbol"]: float(s["value"][1])
         for s in answered["Polls per price change, by symbol/A"]
