@@ -1,0 +1,117 @@
+"""The service behind Debian's nginx, configured as the README recommends
+(deploy/nginx/crypto-service.conf): events arrive tick by tick, not buffered; WebSockets
+upgrade through it; long-polls wait through it; the client address comes through."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import simple_websocket
+
+from client.sse import EventStream, split_lines
+from tests.integration.conftest import (
+    HOST,
+    Service,
+    ServiceFactory,
+    free_port,
+    require_binary,
+    wait_until,
+)
+
+CONFIG = Path(__file__).parents[2] / "deploy" / "nginx" / "crypto-service.conf"
+
+
+@pytest.fixture
+def behind_nginx(start_service: ServiceFactory, tmp_path: Path) -> Iterator[tuple[Service, str]]:
+    binary = require_binary("nginx")
+    service = start_service(PRICE_TICK_SECONDS="0.5", TRUSTED_PROXIES="1")
+    port = free_port()
+    site = (
+        CONFIG.read_text()
+        .replace("server 127.0.0.1:5000;", f"server {HOST}:{service.port};")
+        .replace("listen 8080;", f"listen {HOST}:{port};")
+    )
+    assert f"{HOST}:{service.port}" in site and f"{HOST}:{port}" in site
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n  access_log off;\n  client_body_temp_path body;\n  proxy_temp_path proxy;\n"
+        f"  include {tmp_path / 'site.conf'};\n}}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://{HOST}:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError((tmp_path / "error.log").read_text())
+        try:
+            return requests.get(f"{url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(answers, 15, "nginx to proxy the service")
+        yield service, url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_events_pass_through_nginx_tick_by_tick(behind_nginx: tuple[Service, str]) -> None:
+    _, url = behind_nginx
+    arrivals: list[tuple[float, float]] = []  # (stamped by the service, received here)
+    with requests.get(f"{url}/v1/prices/stream?symbols=BTC", stream=True, timeout=10) as reply:
+        assert reply.status_code == 200
+        for event in EventStream().feed(split_lines(reply.iter_content(chunk_size=None))):
+            arrivals.append((json.loads(event.data)["timestamp"], time.time()))
+            if len(arrivals) == 5:
+                break
+    # Unbuffered: each event arrives as it is sent, not when a buffer fills.
+    assert all(received - stamped < 0.2 for stamped, received in arrivals), arrivals
+
+
+def test_websocket_upgrades_and_long_polls_wait_through_nginx(
+    behind_nginx: tuple[Service, str],
+) -> None:
+    _, url = behind_nginx
+    ws = simple_websocket.Client.connect(url.replace("http://", "ws://") + "/v1/prices/ws")
+    try:
+        ticks = [json.loads(ws.receive(timeout=5))["prices"][0]["tick"] for _ in range(3)]
+    finally:
+        ws.close()
+    assert ticks == list(range(ticks[0], ticks[0] + 3))
+    first = requests.get(f"{url}/crypto-price", timeout=5)
+    held = requests.get(
+        f"{url}/crypto-price",
+        headers={"If-None-Match": first.headers["ETag"], "Prefer": "wait=10"},
+        timeout=15,
+    )
+    assert held.status_code == 200 and held.json()["tick"] == first.json()["tick"] + 1
+    assert held.headers["Preference-Applied"] == "wait=10"
+
+
+def test_the_client_address_comes_through_the_trusted_hop(
+    behind_nginx: tuple[Service, str],
+) -> None:
+    service, url = behind_nginx
+    # From another loopback address than nginx's own, with a forged claim on top.
+    port = int(url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection(HOST, port, timeout=5, source_address=("127.0.0.3", 0))
+    connection.request("GET", "/crypto-price", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert connection.getresponse().status == 200
+    connection.close()
+    service.stop()
+    price_clients = {request.client for request in service.served()}
+    assert price_clients == {"127.0.0.3"}  # what nginx saw, not the claim, not nginx itself
