@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ manifests: install
 # The side-by-side benchmark (needs Debian's wrk and redis-server); writes bench/RESULTS.md.
 bench: install
 	$(BIN)/python -m bench.bench
+
+# Polling or push: every transport at 10, 100 and 1,000 clients, then 1,000 streams and
+# 100 pollers at once; writes bench/COMPARE.md, bench/compare.json and bench/compare.png.
+compare: install
+	$(BIN)/python -m bench.compare
 
 # Microseconds per request in-process, service against bare Flask; TARGET=service profiles.
 hotpath: install

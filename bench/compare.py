@@ -1,0 +1,336 @@
+"""``make compare``: polling and its alternatives, side by side, measured.
+
+For 10, 100 and 1,000 concurrent clients of each transport (poll at the seed's fixed 2 s,
+poll tick-aligned, long-poll, SSE, WebSocket), for COMPARE_TICKS ticks against the
+service in its default shape (``crypto-service`` with only the limit raised, since every
+client shares one address): requests per price change per client; bytes per change per
+client in each direction, HTTP headers included, read at the socket (TCP_INFO's
+bytes_acked and bytes_received); delay from a tick's start to the client seeing it (p50,
+p99); server CPU seconds per client-hour and memory per client (from /proc); failures.
+Then the scale check: 1,000 SSE clients and 100 tick-aligned pollers at once.
+
+One asyncio process (aiohttp) holds every client. Writes bench/compare.json,
+bench/COMPARE.md and bench/compare.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.bench import NO_LIMIT, free_port, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TICK = 3.0  # the service's default tick
+TICKS = int(os.environ.get("COMPARE_TICKS", "20"))
+SIZES = tuple(int(n) for n in os.environ.get("COMPARE_SIZES", "10,100,1000").split(","))
+# The scale check: 1,000 streams and 100 pollers at once ("0" skips it).
+SCALE = (
+    (("sse", 1000), ("poll-aligned", 100)) if os.environ.get("COMPARE_SCALE", "1") != "0" else ()
+)
+TRANSPORTS = ("poll-fixed-2s", "poll-aligned", "long-poll", "sse", "websocket")
+SPREAD = 0.25  # crypto-poll's default spread after a tick
+TCP_INFO_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
+TCP_INFO_OFFSET = 120  # after 8 one-byte fields, 24 u32 and two u64 pacing rates
+
+
+def socket_bytes(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(sent and acknowledged, received) on this TCP connection so far, from the kernel."""
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    sent, received = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_OFFSET)
+    return int(sent), int(received)
+
+
+@dataclass
+class Client:
+    """One client's tally; its connections' byte counts are kept per socket, latest read."""
+
+    requests: int = 0
+    changes: int = 0
+    failures: int = 0
+    delays: list[float] = field(default_factory=list)
+    last_tick: int | None = None
+    sockets: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def saw(self, document: dict[str, Any], received_at: float) -> None:
+        quote = document["prices"][0]
+        if self.last_tick is not None and quote["tick"] > self.last_tick:
+            self.changes += 1
+            self.delays.append(received_at - quote["updated_at"])
+        if self.last_tick is None or quote["tick"] > self.last_tick:
+            self.last_tick = quote["tick"]
+
+    def count_bytes(self, sock: socket.socket | None) -> None:
+        counted = socket_bytes(sock)
+        if counted is not None and sock is not None:
+            self.sockets[id(sock)] = counted
+
+    @property
+    def sent(self) -> int:
+        return sum(sent for sent, _ in self.sockets.values())
+
+    @property
+    def received(self) -> int:
+        return sum(received for _, received in self.sockets.values())
+
+
+def _socket_of(response: aiohttp.ClientResponse) -> socket.socket | None:
+    connection = response.connection
+    if connection is None or connection.transport is None:
+        return None
+    sock: socket.socket | None = connection.transport.get_extra_info("socket")
+    return sock
+
+
+async def aligned_poller(
+    session: aiohttp.ClientSession, url: str, client: Client, until: float
+) -> None:
+    """Tick-aligned: the next poll just after the next tick (the interval is below it)."""
+    etag: str | None = None
+    next_tick: float | None = None
+    await asyncio.sleep(random.uniform(0, TICK))
+    while time.time() < until:
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
+                client.requests += 1
+                sock = _socket_of(response)  # before the body: then the pool takes it back
+                body = await response.read()
+                client.count_bytes(sock)
+                if response.status == 200:
+                    document = json.loads(body)
+                    client.saw(document, time.time())
+                    etag = response.headers.get("ETag")
+                    next_tick = document["prices"][0]["next_update_at"]
+                elif response.status != 304:
+                    client.failures += 1
+        except (TimeoutError, aiohttp.ClientError):
+            client.failures += 1
+        wake = (next_tick or time.time() + TICK) + random.uniform(0, SPREAD)
+        await asyncio.sleep(max(0.0, wake - time.time()))
+
+
+async def fixed_poller(
+    session: aiohttp.ClientSession, url: str, client: Client, until: float
+) -> None:
+    """The seed client: a poll every 2 s, whatever the tick (conditional, as ours are)."""
+    etag: str | None = None
+    await asyncio.sleep(random.uniform(0, 2.0))
+    while time.time() < until:
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
+                client.requests += 1
+                sock = _socket_of(response)  # before the body: then the pool takes it back
+                body = await response.read()
+                client.count_bytes(sock)
+                if response.status == 200:
+                    client.saw(json.loads(body), time.time())
+                    etag = response.headers.get("ETag")
+                elif response.status != 304:
+                    client.failures += 1
+        except (TimeoutError, aiohttp.ClientError):
+            client.failures += 1
+        await asyncio.sleep(2.0)
+
+
+async def long_poller(
+    session: aiohttp.ClientSession, url: str, client: Client, until: float
+) -> None:
+    etag: str | None = None
+    while time.time() < until:
+        headers = {"If-None-Match": etag, "Prefer": "wait=30"} if etag else {}
+        try:
+            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
+                client.requests += 1
+                sock = _socket_of(response)  # before the body: then the pool takes it back
+                body = await response.read()
+                client.count_bytes(sock)
+                if response.status == 200:
+                    client.saw(json.loads(body), time.time())
+                    etag = response.headers.get("ETag")
+                elif response.status != 304:
+                    client.failures += 1
+                    await asyncio.sleep(1.0)
+        except (TimeoutError, aiohttp.ClientError):
+            client.failures += 1
+            await asyncio.sleep(1.0)
+
+
+async def sse_reader(
+    session: aiohttp.ClientSession, url: str, client: Client, until: float
+) -> None:
+    try:
+        async with session.get(f"{url}/v1/prices/stream?symbols=BTC") as response:
+            client.requests += 1
+            if response.status != 200:
+                client.failures += 1
+                return
+            sock = _socket_of(response)
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    client.saw(json.loads(line[6:]), time.time())
+                    client.count_bytes(sock)
+                if time.time() >= until:
+                    break
+            client.count_bytes(sock)
+    except (TimeoutError, aiohttp.ClientError):
+        client.failures += 1
+
+
+async def websocket_reader(
+    session: aiohttp.ClientSession, url: str, client: Client, until: float
+) -> None:
+    try:
+        async with session.ws_connect(f"{url}/v1/prices/ws?symbols=BTC") as ws:
+            client.requests += 1
+            sock = ws.get_extra_info("socket")
+            while time.time() < until:
+                try:
+                    message = await ws.receive(timeout=max(0.1, until - time.time()))
+                except TimeoutError:
+                    break
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                client.saw(json.loads(message.data), time.time())
+                client.count_bytes(sock)
+            client.count_bytes(sock)
+    except (TimeoutError, aiohttp.ClientError):
+        client.failures += 1
+
+
+RUNNERS: dict[str, Callable[[aiohttp.ClientSession, str, Client, float], Awaitable[None]]] = {
+    "poll-fixed-2s": fixed_poller,
+    "poll-aligned": aligned_poller,
+    "long-poll": long_poller,
+    "sse": sse_reader,
+    "websocket": websocket_reader,
+}
+
+
+def process_tree(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *(int(pid) for pid in children)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+async def drive(url: str, groups: list[tuple[str, int]], seconds: float) -> dict[str, list[Client]]:
+    """Every group's clients at once, each with its own connection, for ``seconds``."""
+    until = time.time() + seconds
+    clients: dict[str, list[Client]] = {name: [Client() for _ in range(n)] for name, n in groups}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+
+    async def one(name: str, client: Client) -> None:
+        # A session (and connection pool) per client: its sockets' bytes are its own.
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await RUNNERS[name](session, url, client, until)
+
+    await asyncio.gather(*(one(name, c) for name, _ in groups for c in clients[name]))
+    return clients
+
+
+def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> dict[str, float]:
+    n = len(clients)
+    changes = sum(c.changes for c in clients) or 1
+    delays = sorted(d for c in clients for d in c.delays)
+    cuts = statistics.quantiles(delays, n=100, method="inclusive") if len(delays) > 1 else None
+    return {
+        "clients": n,
+        "changes_per_client": changes / n,
+        # After the first request, which only learns the starting price (as make bench).
+        "requests_per_change": (sum(c.requests for c in clients) - n) / changes,
+        "bytes_up_per_change": sum(c.sent for c in clients) / changes,
+        "bytes_down_per_change": sum(c.received for c in clients) / changes,
+        "delay_p50_s": cuts[49] if cuts else math.nan,
+        "delay_p99_s": cuts[98] if cuts else math.nan,
+        "cpu_s_per_client_hour": cpu / n / seconds * 3600,
+        "memory_kib_per_client": rss / n / 1024,
+        "failures": float(sum(c.failures for c in clients)),
+    }
+
+
+def run_one(groups: list[tuple[str, int]], seconds: float, env: dict[str, str]) -> dict[str, Any]:
+    port = free_port()
+    with serve([str(BIN / "crypto-service")], env, port) as process:
+        url = f"http://127.0.0.1:{port}"
+        pids = process_tree(process.pid)
+        rss_before, cpu_before = rss_bytes(pids), cpu_seconds(pids)
+        clients = asyncio.run(drive(url, groups, seconds))
+        cpu = cpu_seconds(pids) - cpu_before
+        rss = max(0, rss_bytes(pids) - rss_before)
+    total = sum(n for _, n in groups)
+    return {
+        name: summarise(clients[name], seconds, cpu * n / total, rss * n // total)
+        for name, n in groups
+    }
+
+
+def default_shape(directory: str) -> dict[str, str]:
+    return {
+        "RATE_LIMIT": NO_LIMIT,  # every client shares 127.0.0.1
+        "MAX_STREAMS_PER_CLIENT": "100000",
+        "LOG_LEVEL": "warning",
+        "PROMETHEUS_MULTIPROC_DIR": directory,
+    }
+
+
+def main() -> None:
+    seconds = TICKS * TICK
+    results: dict[str, Any] = {"ticks": TICKS, "tick_seconds": TICK, "runs": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in SIZES:
+            for transport in TRANSPORTS:
+                env = default_shape(f"{scratch}/{transport}-{size}")
+                result = run_one([(transport, size)], seconds, env)[transport]
+                results["runs"][f"{transport}/{size}"] = result
+                print(f"{transport:14s} {size:5d} {json.dumps(result)}", flush=True)
+        if SCALE:
+            mixed = run_one(list(SCALE), seconds, default_shape(f"{scratch}/scale"))
+            results["scale"] = mixed
+            print("scale", json.dumps(mixed), flush=True)
+    (ROOT / "bench" / "compare.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench.compare_report import write_report
+
+    write_report(results)
+
+
+if __name__ == "__main__":
+    main()
