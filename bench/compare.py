@@ -71,7 +71,8 @@ class Client:
     failures: int = 0
     delays: list[float] = field(default_factory=list)
     last_tick: int | None = None
-    sockets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Keyed by the socket object itself (kept alive here, so no id is ever reused).
+    sockets: dict[socket.socket, tuple[int, int]] = field(default_factory=dict)
 
     def saw(self, document: dict[str, Any], received_at: float) -> None:
         quote = document["prices"][0]
@@ -81,10 +82,20 @@ class Client:
         if self.last_tick is None or quote["tick"] > self.last_tick:
             self.last_tick = quote["tick"]
 
-    def count_bytes(self, sock: socket.socket | None) -> None:
-        counted = socket_bytes(sock)
-        if counted is not None and sock is not None:
-            self.sockets[id(sock)] = counted
+    def new_socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        """The client's connector makes its sockets here (aiohttp's socket_factory), so
+        every connection it opens is counted, however briefly it lives."""
+        family, kind, proto = addr_info[:3]
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        self.sockets[sock] = (0, 0)
+        return sock
+
+    def count_bytes(self) -> None:
+        """Read each of the client's sockets' counters (a closed one keeps its last)."""
+        for sock in self.sockets:
+            counted = socket_bytes(sock)
+            if counted is not None:
+                self.sockets[sock] = counted
 
     @property
     def sent(self) -> int:
@@ -93,14 +104,6 @@ class Client:
     @property
     def received(self) -> int:
         return sum(received for _, received in self.sockets.values())
-
-
-def _socket_of(response: aiohttp.ClientResponse) -> socket.socket | None:
-    connection = response.connection
-    if connection is None or connection.transport is None:
-        return None
-    sock: socket.socket | None = connection.transport.get_extra_info("socket")
-    return sock
 
 
 async def aligned_poller(
@@ -115,9 +118,8 @@ async def aligned_poller(
         try:
             async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
                 client.requests += 1
-                sock = _socket_of(response)  # before the body: then the pool takes it back
                 body = await response.read()
-                client.count_bytes(sock)
+                client.count_bytes()
                 if response.status == 200:
                     document = json.loads(body)
                     client.saw(document, time.time())
@@ -142,9 +144,8 @@ async def fixed_poller(
         try:
             async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
                 client.requests += 1
-                sock = _socket_of(response)  # before the body: then the pool takes it back
                 body = await response.read()
-                client.count_bytes(sock)
+                client.count_bytes()
                 if response.status == 200:
                     client.saw(json.loads(body), time.time())
                     etag = response.headers.get("ETag")
@@ -164,9 +165,8 @@ async def long_poller(
         try:
             async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
                 client.requests += 1
-                sock = _socket_of(response)  # before the body: then the pool takes it back
                 body = await response.read()
-                client.count_bytes(sock)
+                client.count_bytes()
                 if response.status == 200:
                     client.saw(json.loads(body), time.time())
                     etag = response.headers.get("ETag")
@@ -187,14 +187,13 @@ async def sse_reader(
             if response.status != 200:
                 client.failures += 1
                 return
-            sock = _socket_of(response)
             async for line in response.content:
                 if line.startswith(b"data: "):
                     client.saw(json.loads(line[6:]), time.time())
-                    client.count_bytes(sock)
+                    client.count_bytes()
                 if time.time() >= until:
                     break
-            client.count_bytes(sock)
+            client.count_bytes()
     except (TimeoutError, aiohttp.ClientError):
         client.failures += 1
 
@@ -205,7 +204,6 @@ async def websocket_reader(
     try:
         async with session.ws_connect(f"{url}/v1/prices/ws?symbols=BTC") as ws:
             client.requests += 1
-            sock = ws.get_extra_info("socket")
             while time.time() < until:
                 try:
                     message = await ws.receive(timeout=max(0.1, until - time.time()))
@@ -214,8 +212,8 @@ async def websocket_reader(
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break
                 client.saw(json.loads(message.data), time.time())
-                client.count_bytes(sock)
-            client.count_bytes(sock)
+                client.count_bytes()
+            client.count_bytes()
     except (TimeoutError, aiohttp.ClientError):
         client.failures += 1
 
@@ -259,7 +257,7 @@ async def drive(url: str, groups: list[tuple[str, int]], seconds: float) -> dict
 
     async def one(name: str, client: Client) -> None:
         # A session (and connection pool) per client: its sockets' bytes are its own.
-        connector = aiohttp.TCPConnector(limit=1)
+        connector = aiohttp.TCPConnector(limit=1, socket_factory=client.new_socket)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             await RUNNERS[name](session, url, client, until)
 
@@ -283,6 +281,7 @@ def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> di
         "delay_p99_s": cuts[98] if cuts else math.nan,
         "cpu_s_per_client_hour": cpu / n / seconds * 3600,
         "memory_kib_per_client": rss / n / 1024,
+        "connections_per_client": sum(len(c.sockets) for c in clients) / n,
         "failures": float(sum(c.failures for c in clients)),
     }
 

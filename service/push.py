@@ -98,11 +98,13 @@ def init_app(app: flask.Flask, heartbeat_seconds: float) -> None:
 
 @bp.before_request
 def _take_a_slot() -> None:
-    """After the limiter's hook (which identified the client): hold a push slot, unless
-    this worker is draining (a stream it ended at once would be reopened at once)."""
+    """After the limiter's hook (which identified the client): validate the symbols and
+    hold a push slot, before any WebSocket upgrade, unless this worker is draining (a
+    stream it ended at once would be reopened at once)."""
     state = get_state()
     if state.draining.is_set():
         raise ShuttingDown()
+    flask.g.push_symbols = requested_symbols(state)
     environ = flask.request.environ
     transport = "websocket" if flask.request.endpoint == "push.websocket" else "sse"
     client = facts_of(environ).client or environ.get("REMOTE_ADDR") or "unknown"
@@ -121,7 +123,7 @@ def _release_an_unclaimed_slot(_exc: BaseException | None) -> None:
 @bp.get("/v1/prices/stream")
 def stream() -> flask.Response:
     state = get_state()
-    symbols = requested_symbols(state)
+    symbols: list[str] = flask.g.push_symbols
     after = last_event_id(flask.request.headers.get("Last-Event-ID"))
     slot: Slot = flask.g.pop("push_slot")
     events = SseStream(state, symbols, after, slot)
@@ -134,7 +136,7 @@ def stream() -> flask.Response:
 @sock.route("/v1/prices/ws", bp=bp)  # type: ignore[untyped-decorator]
 def websocket(ws: Any) -> None:
     state = get_state()
-    symbols = requested_symbols(state)
+    symbols: list[str] = flask.g.push_symbols
     facts = facts_of(flask.request.environ)
     facts.upgraded = facts.held = True
     # The reader thread only reads when select() says so (ping_interval is set), so a

@@ -134,6 +134,21 @@ def test_opening_a_stream_is_one_request_against_the_budget(
     assert bad.status_code in (404, 429)  # validated like /v1/prices (or already limited)
 
 
+def test_a_websocket_asking_for_an_unknown_symbol_is_refused_before_the_upgrade(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service()
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    refused = requests.get(f"{service.url}/v1/prices/ws?symbols=NOPE", headers=handshake, timeout=5)
+    assert refused.status_code == 404 and refused.json()["error"] == "unknown_symbol"
+    assert service.metric("streams_open", transport="websocket") == 0
+
+
 def test_streams_per_client_are_capped(start_service: ServiceFactory) -> None:
     service = start_service(MAX_STREAMS_PER_CLIENT="2", PRICE_TICK_SECONDS="0.5")
     url = f"{service.url}/v1/prices/stream"
