@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare vendor hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -66,6 +66,16 @@ bench: install
 # 100 pollers at once; writes bench/COMPARE.md, bench/compare.json and bench/compare.png.
 compare: install
 	$(BIN)/python -m bench.compare
+
+# Refresh the page's chart library from its npm package (pinned in service/page.py), with
+# its licence: `make vendor` (UPLOT_VERSION=x.y.z to move the pin, then update page.py).
+UPLOT_VERSION ?= $(shell sed -n 's/^UPLOT_VERSION = "\(.*\)".*/\1/p' service/page.py)
+vendor:
+	rm -rf .vendor-tmp && mkdir .vendor-tmp
+	cd .vendor-tmp && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp .vendor-tmp/package/dist/uPlot.iife.min.js .vendor-tmp/package/dist/uPlot.min.css \
+		.vendor-tmp/package/LICENSE service/static/vendor/uplot/
+	rm -rf .vendor-tmp
 
 # Microseconds per request in-process, service against bare Flask; TARGET=service profiles.
 hotpath: install

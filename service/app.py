@@ -9,7 +9,7 @@ from collections.abc import Callable
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, errors, faults, ops, push
+from service import api, errors, faults, ops, page, push
 from service.config import Settings
 from service.feed import PriceFeed
 from service.instrumentation import Instrumentation, RoutedFlask
@@ -30,7 +30,7 @@ def create_app(
         settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
 
-    app = RoutedFlask(__name__)
+    app = RoutedFlask(__name__, static_folder=None)  # the page blueprint serves them
     app.json.sort_keys = False  # type: ignore[attr-defined]  # price and timestamp first
     metrics = Metrics(settings.symbols, settings.metrics_dir)
     feed = PriceFeed(
@@ -48,6 +48,7 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     push.init_app(app, settings.stream_heartbeat_seconds)
+    app.register_blueprint(page.bp)
     limiting.init_app(app, api.bp.name)
     limiting.init_app(app, push.bp.name)
     faults.init_app(app, api.bp.name, settings)

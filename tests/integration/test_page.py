@@ -1,0 +1,162 @@
+"""The live price page in a real headless Chromium (Debian's chromium and chromium-driver,
+driven by selenium through the system driver; nothing is downloaded): a clean console,
+nothing from another origin, live prices and chart, the transports' request patterns read
+from the browser's own resource timing, and an outage shown and recovered from.
+
+PAGE_SCREENSHOT=path writes the page as the browser drew it (the README's screenshot).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.by import By
+
+from tests.integration.conftest import ServiceFactory, free_port, require_binary, wait_until
+
+TICK = "1"
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium = require_binary("chromium")
+    driver_binary = require_binary("chromedriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=DriverService(driver_binary), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def state(driver: webdriver.Chrome) -> dict[str, Any]:
+    """What the page shows: each symbol's tick and chart points, the notice."""
+    cards = driver.find_elements(By.CSS_SELECTOR, ".quote")
+    notice = driver.find_element(By.ID, "notice")
+    return {
+        "ticks": [
+            card.find_element(By.CSS_SELECTOR, ".price").get_attribute("data-tick")
+            for card in cards
+        ],
+        "points": [
+            int(card.find_element(By.CSS_SELECTOR, ".chart").get_attribute("data-points") or 0)
+            for card in cards
+        ],
+        "prices": [card.find_element(By.CSS_SELECTOR, ".price").text for card in cards],
+        "notice": notice.text if notice.is_displayed() else "",
+    }
+
+
+def resources(driver: webdriver.Chrome) -> list[str]:
+    names: list[str] = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    return names
+
+
+def errors_in_console(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [entry for entry in logs if entry["level"] == "SEVERE"]
+
+
+def test_the_page_shows_live_prices_with_a_clean_console_and_nothing_foreign(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    first = state(browser)
+    assert all(price.startswith("$") for price in first["prices"])
+    assert all(points >= 2 for points in first["points"])  # the history, charted
+    wait_until(
+        lambda: all(
+            int(now) > int(then)
+            for now, then in zip(state(browser)["ticks"], first["ticks"], strict=True)
+        ),
+        2 * float(TICK) + 1.5,
+        "every price to advance within two ticks",
+    )
+    later = state(browser)
+    assert all(b > a or a >= 60 for a, b in zip(first["points"], later["points"], strict=True))
+    assert errors_in_console(browser) == []
+    foreign = [name for name in resources(browser) if not name.startswith(service.url)]
+    assert foreign == []
+    if target := os.environ.get("PAGE_SCREENSHOT"):
+        time.sleep(2.5)  # a few more ticks on the chart
+        browser.save_screenshot(str(Path(target)))
+
+
+@pytest.mark.parametrize(("transport", "most_polls"), [("poll", None), ("sse", 0)])
+def test_poll_asks_about_once_a_tick_and_sse_holds_one_stream(
+    start_service: ServiceFactory, browser: webdriver.Chrome, transport: str, most_polls: int | None
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/?transport={transport}")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    started = int(state(browser)["ticks"][0])
+    wait_until(lambda: int(state(browser)["ticks"][0]) >= started + 4, 10, "four more ticks")
+    polls = [name for name in resources(browser) if "/v1/prices?" in name]
+    if most_polls is None:
+        assert 3 <= len(polls) <= 7, polls  # about one a tick over four or five ticks
+    else:
+        assert len(polls) == most_polls  # the prices came over the one open stream
+        requests_counter = browser.find_element(By.ID, "requests").text
+        assert requests_counter == "1"
+    assert errors_in_console(browser) == []
+
+
+def test_an_outage_is_shown_and_the_page_recovers_by_itself(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    port = str(free_port())
+    service = start_service(PORT=port, PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/?transport=poll")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    assert service.stop() == 0
+    wait_until(lambda: "unreachable" in state(browser)["notice"], 15, "the outage notice")
+    stalled = int(state(browser)["ticks"][0])
+    start_service(PORT=port, PRICE_TICK_SECONDS=TICK)
+    wait_until(
+        lambda: state(browser)["notice"] == "" and int(state(browser)["ticks"][0]) > stalled,
+        40,
+        "the page to recover by itself",
+    )
+
+
+def test_the_page_fits_a_small_phone_and_moves_nothing_when_motion_is_reduced(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK)
+    browser.set_window_size(375, 800)
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-reduced-motion", "value": "reduce"}]},
+    )
+    browser.get(f"{service.url}/")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    width = browser.execute_script("return [document.documentElement.scrollWidth, innerWidth]")
+    assert width[0] <= width[1], width  # no sideways scrolling at 375 px
+    assert browser.execute_script("return matchMedia('(prefers-reduced-motion: reduce)').matches")
+    assert browser.execute_script("return document.getAnimations().length") == 0
+    assert errors_in_console(browser) == []
