@@ -160,3 +160,36 @@ def test_the_page_fits_a_small_phone_and_moves_nothing_when_motion_is_reduced(
     assert browser.execute_script("return matchMedia('(prefers-reduced-motion: reduce)').matches")
     assert browser.execute_script("return document.getAnimations().length") == 0
     assert errors_in_console(browser) == []
+
+
+def test_a_hidden_tab_stops_polling_and_a_visible_one_resumes(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/?transport=poll")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    browser.execute_script(
+        "window.changes = [];"
+        "document.addEventListener('visibilitychange',"
+        " () => changes.push([performance.now(), document.visibilityState]));"
+    )
+    page = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # the page's tab goes to the background
+    time.sleep(4 * float(TICK))
+    browser.switch_to.window(page)  # and comes back
+    wait_until(
+        lambda: len(browser.execute_script("return changes")) >= 2, 5, "hidden, then visible"
+    )
+    (hidden_at, first), (visible_at, second) = browser.execute_script("return changes")[:2]
+    assert (first, second) == ("hidden", "visible")
+    polls_at: list[float] = browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/v1/prices?')).map(e => e.startTime)"
+    )
+    while_hidden = [t for t in polls_at if hidden_at + 300 < t < visible_at]
+    assert while_hidden == [], (hidden_at, visible_at, polls_at)
+    wait_until(
+        lambda: len([n for n in resources(browser) if "/v1/prices?" in n]) >= len(polls_at) + 2,
+        10,
+        "polling to resume once the tab is visible",
+    )
