@@ -69,7 +69,9 @@ class Client:
     requests: int = 0
     changes: int = 0
     failures: int = 0
+    skipped: int = 0  # ticks that passed between two seen
     delays: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # of each poll's round trip
     last_tick: int | None = None
     # Keyed by the socket object itself (kept alive here, so no id is ever reused).
     sockets: dict[socket.socket, tuple[int, int]] = field(default_factory=dict)
@@ -78,6 +80,7 @@ class Client:
         quote = document["prices"][0]
         if self.last_tick is not None and quote["tick"] > self.last_tick:
             self.changes += 1
+            self.skipped += quote["tick"] - self.last_tick - 1
             self.delays.append(received_at - quote["updated_at"])
         if self.last_tick is None or quote["tick"] > self.last_tick:
             self.last_tick = quote["tick"]
@@ -115,10 +118,12 @@ async def aligned_poller(
     await asyncio.sleep(random.uniform(0, TICK))
     while time.time() < until:
         headers = {"If-None-Match": etag} if etag else {}
+        sent = time.monotonic()
         try:
             async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
                 client.requests += 1
                 body = await response.read()
+                client.latencies.append(time.monotonic() - sent)
                 client.count_bytes()
                 if response.status == 200:
                     document = json.loads(body)
@@ -141,10 +146,12 @@ async def fixed_poller(
     await asyncio.sleep(random.uniform(0, 2.0))
     while time.time() < until:
         headers = {"If-None-Match": etag} if etag else {}
+        sent = time.monotonic()
         try:
             async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
                 client.requests += 1
                 body = await response.read()
+                client.latencies.append(time.monotonic() - sent)
                 client.count_bytes()
                 if response.status == 200:
                     client.saw(json.loads(body), time.time())
@@ -270,9 +277,17 @@ def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> di
     changes = sum(c.changes for c in clients) or 1
     delays = sorted(d for c in clients for d in c.delays)
     cuts = statistics.quantiles(delays, n=100, method="inclusive") if len(delays) > 1 else None
+    latencies = [t for c in clients for t in c.latencies]
+    latency_p99 = (
+        statistics.quantiles(latencies, n=100, method="inclusive")[98]
+        if len(latencies) > 1
+        else math.nan
+    )
     return {
         "clients": n,
         "changes_per_client": changes / n,
+        "fewest_changes": float(min(c.changes for c in clients)),
+        "skipped_ticks": float(sum(c.skipped for c in clients)),
         # After the first request, which only learns the starting price (as make bench).
         "requests_per_change": (sum(c.requests for c in clients) - n) / changes,
         "bytes_up_per_change": sum(c.sent for c in clients) / changes,
@@ -282,6 +297,7 @@ def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> di
         "cpu_s_per_client_hour": cpu / n / seconds * 3600,
         "memory_kib_per_client": rss / n / 1024,
         "connections_per_client": sum(len(c.sockets) for c in clients) / n,
+        "request_p99_s": latency_p99,  # polls only: how long the server took to answer
         "failures": float(sum(c.failures for c in clients)),
     }
 
@@ -314,8 +330,10 @@ def default_shape(directory: str) -> dict[str, str]:
 def main() -> None:
     seconds = TICKS * TICK
     results: dict[str, Any] = {"ticks": TICKS, "tick_seconds": TICK, "runs": {}}
+    if os.environ.get("COMPARE_ONLY_SCALE") == "1":  # keep the runs, measure the scale again
+        results = json.loads((ROOT / "bench" / "compare.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
-        for size in SIZES:
+        for size in SIZES if os.environ.get("COMPARE_ONLY_SCALE") != "1" else ():
             for transport in TRANSPORTS:
                 env = default_shape(f"{scratch}/{transport}-{size}")
                 result = run_one([(transport, size)], seconds, env)[transport]

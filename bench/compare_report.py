@@ -37,10 +37,14 @@ def write_report(results: dict[str, Any]) -> None:
     if scale:
         lines += ["", "## Scale: streams and polls at once", ""]
         for transport, run in scale.items():
+            answered = run.get("request_p99_s", math.nan)
             lines.append(
                 f"* {run['clients']:.0f} x {transport}: {run['changes_per_client']:.1f} "
-                f"changes seen per client, delay p50 {_ms(run['delay_p50_s'])}, "
-                f"p99 {_ms(run['delay_p99_s'])}, {run['failures']:.0f} failures"
+                f"changes seen per client (the fewest {run.get('fewest_changes', math.nan):.0f}, "
+                f"{run.get('skipped_ticks', math.nan):.0f} ticks skipped in all), tick to seen p50 "
+                f"{_ms(run['delay_p50_s'])}, p99 {_ms(run['delay_p99_s'])}"
+                + (f", request p99 {_ms(answered)}" if not math.isnan(answered) else "")
+                + f", {run['failures']:.0f} failures"
             )
     (BENCH / "COMPARE.md").write_text("\n".join(lines) + "\n")
     _chart(runs)
