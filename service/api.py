@@ -119,6 +119,8 @@ def _tick_after(state: ServiceState, tags: ETags, subject: str, current: int) ->
     """The tick after the one the client's tag names, when that is one of ours for this
     subject, earlier than ``current`` and no further back than the history reaches."""
     for tag in tags.as_set(include_weak=True):
+        if not tag:  # werkzeug reads an empty tag '""' as None, despite its annotation
+            continue
         seen, _, _ = tag.partition("-")
         if not (seen.isascii() and seen.isdigit() and len(seen) <= 15):
             continue

@@ -8,7 +8,11 @@ import time
 
 import flask
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from service.app import create_app
+from service.config import Settings
 from service.state import get_state
 from tests.conftest import PINNED_NOW, AppFactory
 
@@ -214,3 +218,25 @@ def test_a_long_poll_behind_the_tick_catches_up_one_tick_at_a_time(make_app: App
         "/v1/prices?symbols=BTC", headers={"If-None-Match": tag, "Prefer": "wait=1"}
     )
     assert foreign.status_code == 200  # another subject's tag is just not current
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    if_none_match=st.sampled_from(['""', "*", 'W/""', '"566666665-x"', ",", '"', "W/"])
+    | st.lists(st.sampled_from(['"', "W/", ",", " ", "-", "5", "a", "*"]), max_size=12).map("".join)
+    | st.text(max_size=80).map(lambda t: t.encode("utf-8").decode("latin-1")),
+    prefer=st.sampled_from(["wait=1", "wait=0", "wait=1, respond-async", "wait=x", ""]),
+)
+def test_any_if_none_match_with_a_long_poll_is_answered_never_500(
+    if_none_match: str, prefer: str
+) -> None:
+    # The clock is pinned 0.1 s before a tick, so a held long-poll ends within it.
+    app = create_app(
+        Settings.from_env({"LOG_LEVEL": "critical", "RATE_LIMIT": "1000000/minute"}),
+        clock=lambda: 1_699_999_998.0 - 0.1,
+    )
+    headers = {"If-None-Match": if_none_match, "Prefer": prefer}
+    if any(c in if_none_match for c in "\r\n\0"):
+        return  # not a header a client can send
+    response = app.test_client().get("/crypto-price", headers=headers)
+    assert response.status_code in (200, 304), (response.status_code, headers)
