@@ -109,6 +109,34 @@ class Client:
         return sum(received for _, received in self.sockets.values())
 
 
+async def get_prices(
+    session: aiohttp.ClientSession, client: Client, url: str, etag: str | None, wait: bool
+) -> tuple[str | None, dict[str, Any] | None, bool]:
+    """One request for /v1/prices: the new ETag, the document if fresh, whether it failed.
+    ``wait`` makes it a long-poll (its time is then not request latency)."""
+    headers = {"If-None-Match": etag} if etag else {}
+    if etag and wait:
+        headers["Prefer"] = "wait=30"
+    sent = time.monotonic()
+    try:
+        async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
+            client.requests += 1
+            body = await response.read()
+            if not wait:
+                client.latencies.append(time.monotonic() - sent)
+            client.count_bytes()
+            if response.status == 200:
+                document: dict[str, Any] = json.loads(body)
+                client.saw(document, time.time())
+                return response.headers.get("ETag"), document, False
+            if response.status == 304:
+                return etag, None, False
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    client.failures += 1
+    return etag, None, True
+
+
 async def aligned_poller(
     session: aiohttp.ClientSession, url: str, client: Client, until: float
 ) -> None:
@@ -117,23 +145,9 @@ async def aligned_poller(
     next_tick: float | None = None
     await asyncio.sleep(random.uniform(0, TICK))
     while time.time() < until:
-        headers = {"If-None-Match": etag} if etag else {}
-        sent = time.monotonic()
-        try:
-            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
-                client.requests += 1
-                body = await response.read()
-                client.latencies.append(time.monotonic() - sent)
-                client.count_bytes()
-                if response.status == 200:
-                    document = json.loads(body)
-                    client.saw(document, time.time())
-                    etag = response.headers.get("ETag")
-                    next_tick = document["prices"][0]["next_update_at"]
-                elif response.status != 304:
-                    client.failures += 1
-        except (TimeoutError, aiohttp.ClientError):
-            client.failures += 1
+        etag, document, _ = await get_prices(session, client, url, etag, wait=False)
+        if document is not None:
+            next_tick = document["prices"][0]["next_update_at"]
         wake = (next_tick or time.time() + TICK) + random.uniform(0, SPREAD)
         await asyncio.sleep(max(0.0, wake - time.time()))
 
@@ -145,21 +159,7 @@ async def fixed_poller(
     etag: str | None = None
     await asyncio.sleep(random.uniform(0, 2.0))
     while time.time() < until:
-        headers = {"If-None-Match": etag} if etag else {}
-        sent = time.monotonic()
-        try:
-            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
-                client.requests += 1
-                body = await response.read()
-                client.latencies.append(time.monotonic() - sent)
-                client.count_bytes()
-                if response.status == 200:
-                    client.saw(json.loads(body), time.time())
-                    etag = response.headers.get("ETag")
-                elif response.status != 304:
-                    client.failures += 1
-        except (TimeoutError, aiohttp.ClientError):
-            client.failures += 1
+        etag, _, _ = await get_prices(session, client, url, etag, wait=False)
         await asyncio.sleep(2.0)
 
 
@@ -168,20 +168,8 @@ async def long_poller(
 ) -> None:
     etag: str | None = None
     while time.time() < until:
-        headers = {"If-None-Match": etag, "Prefer": "wait=30"} if etag else {}
-        try:
-            async with session.get(f"{url}/v1/prices?symbols=BTC", headers=headers) as response:
-                client.requests += 1
-                body = await response.read()
-                client.count_bytes()
-                if response.status == 200:
-                    client.saw(json.loads(body), time.time())
-                    etag = response.headers.get("ETag")
-                elif response.status != 304:
-                    client.failures += 1
-                    await asyncio.sleep(1.0)
-        except (TimeoutError, aiohttp.ClientError):
-            client.failures += 1
+        etag, _, failed = await get_prices(session, client, url, etag, wait=True)
+        if failed:
             await asyncio.sleep(1.0)
 
 
