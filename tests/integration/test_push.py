@@ -60,12 +60,17 @@ def test_sse_delivers_every_tick_ends_by_itself_and_resumes_without_loss(
 
 def test_sse_sends_its_retry_hint_and_heartbeats(start_service: ServiceFactory) -> None:
     service = start_service(PRICE_TICK_SECONDS="60", STREAM_HEARTBEAT_SECONDS="0.5")
+    seen: list[str] = []
     with requests.get(f"{service.url}/v1/prices/stream", stream=True, timeout=10) as response:
-        lines = split_lines(response.iter_content(chunk_size=None))
-        seen = [next(lines) for _ in range(9)]
+        ends = time.monotonic() + 3
+        for line in split_lines(response.iter_content(chunk_size=None)):
+            seen.append(line)
+            if time.monotonic() > ends:
+                break
     assert seen[0] == "retry: 2000"
     assert seen[2].startswith("id: ") and seen[3].startswith("data: ")
-    assert seen.count(": heartbeat") >= 2  # no tick for a minute: comments keep it open
+    # 3 s of a 60 s tick (one may turn meanwhile): comments keep the stream open.
+    assert seen.count(": heartbeat") >= 3, seen
 
 
 def test_websocket_delivers_every_tick_as_a_json_frame(start_service: ServiceFactory) -> None:
@@ -174,7 +179,7 @@ def test_a_long_poll_is_answered_at_the_tick_and_is_not_request_latency(
         headers={"If-None-Match": first.headers["ETag"], "Prefer": "wait=10"},
         timeout=15,
     )
-    assert held.status_code == 200 and time.monotonic() - started < 1.5
+    assert held.status_code == 200 and time.monotonic() - started < 3  # a tick, not the 10 s
     assert held.headers["Preference-Applied"] == "wait=10"
     assert held.json()["prices"][0]["tick"] == first.json()["prices"][0]["tick"] + 1
     assert service.metric("http_requests_total", route="/v1/prices", status="200") == 2
@@ -232,7 +237,7 @@ def test_sigterm_ends_streams_and_long_polls_promptly_and_exits_zero(
     wait_until(lambda: {"sse", "websocket", "long_poll"} <= set(ended), 5, "every client")
     # The clients are let go at once; the worker then exits once idle keep-alive
     # connections have run out their KEEPALIVE (5 s), well inside GRACEFUL_TIMEOUT.
-    assert all(ended[name] - sent < 2 for name in ("sse", "websocket", "long_poll")), ended
+    assert all(ended[name] - sent < 4 for name in ("sse", "websocket", "long_poll")), ended
     assert service.process.wait(timeout=20) == 0
     assert time.monotonic() - sent < 10
     assert ended["sse_events"] == 1  # the current tick, then a clean end
