@@ -31,6 +31,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 import flask
+import redis
 from limits import RateLimitItem, WindowStats, parse
 from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
@@ -39,6 +40,7 @@ from service.config import Settings
 from service.errors import ApiError
 from service.logs import get_logger
 from service.metrics import Metrics
+from service.redis_pipeline import script_caller
 from service.request_facts import facts_of
 
 KEY_PREFIX = "crypto"
@@ -87,7 +89,9 @@ return {current, left}
 
 class CountingFixedWindow(FixedWindowRateLimiter):
     """limits' fixed window, answering the window's state from the hit itself: with Redis,
-    one round trip per request instead of three (INCR, then GET and TTL for the headers).
+    one command per request instead of three (INCR, then GET and TTL for the headers),
+    and under the gevent worker sent together with those of the other requests in the
+    same turn of the event loop (service/redis_pipeline.py).
 
     The window's end comes with the count, every time, never from a cache: a remembered
     end goes stale when Redis restarts or is flushed, and a TTL in whole seconds reads up
@@ -100,7 +104,7 @@ class CountingFixedWindow(FixedWindowRateLimiter):
         super().__init__(storage)
         self._key_for = lru_cache(maxsize=10_000)(_key_for)
         self._script = (
-            storage.get_connection().register_script(INCR_EXPIRE_PTTL)
+            script_caller(cast(redis.Redis, storage.get_connection()), INCR_EXPIRE_PTTL)
             if isinstance(storage, RedisStorage)
             else None
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -64,14 +65,17 @@ class RedisServer:
         return f"redis://{HOST}:{self.port}"
 
     def flush(self) -> None:
-        import redis
-
         redis.Redis(host=HOST, port=self.port).flushall()
 
 
-def redis_answers(port: int) -> bool:
-    import redis
+def redis_reads(observer: redis.Redis) -> int:
+    """How many reads Redis has made from its clients' sockets (INFO stats): one per batch
+    of commands that arrived together, whatever their number."""
+    stats: dict[str, Any] = observer.info("stats")  # type: ignore[assignment]
+    return int(stats["total_reads_processed"])
 
+
+def redis_answers(port: int) -> bool:
     try:
         return bool(redis.Redis(host=HOST, port=port, socket_timeout=0.2).ping())
     except redis.RedisError:

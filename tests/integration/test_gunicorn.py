@@ -4,22 +4,28 @@ graceful shutdown, and start-up validation."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.integration.conftest import (
+    HOST,
     RedisServer,
+    Service,
     ServiceFactory,
     free_port,
+    redis_reads,
     require_binary,
     wait_until,
 )
@@ -285,3 +291,51 @@ def test_a_client_that_waits_exactly_retry_after_is_admitted_next_time(
         assert admitted.status_code == 200, (cycle, refused.headers, admitted.headers)
         admitted_after_waiting += 1
     assert admitted_after_waiting == 20
+
+
+def burst(service: Service, path: str, connections: list[HTTPConnection]) -> list[HTTPResponse]:
+    """One request on each of ``connections`` (kept alive, already accepted), all reaching
+    the service at the same moment: the workers are paused (SIGSTOP) while the requests
+    are written, so that on waking each finds its share of them waiting at once."""
+    workers = service.worker_pids()
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for connection in connections:
+            connection.request("GET", path)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    answers = []
+    for connection in connections:
+        answer = connection.getresponse()
+        answer.read()
+        answers.append(answer)
+    return answers
+
+
+def test_checks_of_requests_served_together_share_a_redis_round_trip(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    """Under the gevent worker (the default), the limit checks of requests handled in the
+    same turn of a worker's event loop go to Redis as one pipeline: far fewer reads on
+    Redis's side than requests, and still one exact count per request."""
+    import redis
+
+    service = start_service(
+        WORKERS="2", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="1000/minute"
+    )
+    observer = redis.Redis(host=HOST, port=redis_storage.port)
+    connections = [HTTPConnection(HOST, service.port, timeout=10) for _ in range(32)]
+    for connection in connections:  # accepted one by one; the script loaded, Redis connected
+        connection.request("GET", "/crypto-price")
+        connection.getresponse().read()
+    before = redis_reads(observer)
+    answers = [answer for _ in range(10) for answer in burst(service, "/crypto-price", connections)]
+    reads = redis_reads(observer) - before
+    for connection in connections:
+        connection.close()
+    assert {a.status for a in answers} == {200}
+    remaining = sorted(int(a.headers["X-RateLimit-Remaining"]) for a in answers)
+    assert remaining == list(range(1000 - 32 - 320, 1000 - 32))
+    assert reads <= 320 / 4, reads
