@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "6"))
 HALF_RATE_RUNS = 3
 HOTPATH_TARGETS = ("raw", "flask", "service", "service-redis")
 CONNECTIONS = 32
-POLL_SECONDS = int(os.environ.get("BENCH_POLL_SECONDS", "36"))
+POLL_SECONDS = int(os.environ.get("BENCH_POLL_SECONDS", "60"))
+# A client started at a random moment of a tick honours --interval (2 s) between polls, so
+# its first changes are seen late until its polls reach the ticks' starts (at most two).
+SETTLING_CHANGES = 2
 NO_LIMIT = "100000000/minute"  # the limiter counts every request but never refuses
 
 
@@ -289,7 +293,7 @@ def polling_efficiency(metrics_dir: Path) -> dict[str, dict[str, float]]:
                     "json",
                     *flags,
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
@@ -298,21 +302,35 @@ def polling_efficiency(metrics_dir: Path) -> dict[str, dict[str, float]]:
         time.sleep(POLL_SECONDS)
         for mode, client in clients.items():
             client.send_signal(signal.SIGINT)
-            _, stderr = client.communicate(timeout=15)
+            stdout, stderr = client.communicate(timeout=15)
             summary = next(
                 json.loads(line)
                 for line in stderr.splitlines()
                 if line.startswith("{") and '"summary"' in line
             )
+            delays = change_delays([json.loads(line) for line in stdout.splitlines()])
             results[mode] = {
                 "requests": summary["requests"],
                 "price_changes": summary["price_changes"],
                 # The first poll only learns the starting price: every later request is
                 # spent on seeing changes.
                 "requests_per_change": (summary["requests"] - 1) / max(1, summary["price_changes"]),
-                "mean_delay_s": summary["mean_change_delay_s"],
+                "mean_delay_s": statistics.fmean(delays),
+                "settled_mean_delay_s": statistics.fmean(delays[SETTLING_CHANGES:]),
+                "delays_s": [round(d, 3) for d in delays],
             }
     return results
+
+
+def change_delays(quotes: list[dict[str, Any]]) -> list[float]:
+    """Seconds from each price change to the answer that showed it, by the server's own
+    clock (the answer's ``timestamp`` against the tick's ``updated_at``), for every quote
+    the client printed after the first (which only learns the starting price)."""
+    return [
+        quote["timestamp"] - quote["updated_at"]
+        for previous, quote in pairwise(quotes)
+        if quote["tick"] != previous["tick"]
+    ]
 
 
 def machine() -> dict[str, str]:
@@ -371,6 +389,7 @@ def main() -> None:
             "seconds": DURATION,
             "connections": CONNECTIONS,
             "poll_seconds": POLL_SECONDS,
+            "settling_changes": SETTLING_CHANGES,
         },
         "throughput": {
             t.name: {

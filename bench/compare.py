@@ -44,7 +44,6 @@ SIZES = tuple(int(n) for n in os.environ.get("COMPARE_SIZES", "10,100,1000").spl
 SCALE = (
     (("sse", 1000), ("poll-aligned", 100)) if os.environ.get("COMPARE_SCALE", "1") != "0" else ()
 )
-TRANSPORTS = ("poll-fixed-2s", "poll-aligned", "long-poll", "sse", "websocket")
 SPREAD = 0.25  # crypto-poll's default spread after a tick
 TCP_INFO_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
 TCP_INFO_OFFSET = 120  # after 8 one-byte fields, 24 u32 and two u64 pacing rates
@@ -220,6 +219,7 @@ RUNNERS: dict[str, Callable[[aiohttp.ClientSession, str, Client, float], Awaitab
     "sse": sse_reader,
     "websocket": websocket_reader,
 }
+TRANSPORTS = tuple(RUNNERS)  # in the report's order
 
 
 def process_tree(master: int) -> list[int]:

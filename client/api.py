@@ -87,6 +87,15 @@ class Fetcher(Protocol):
     def close(self) -> None: ...
 
 
+def identifying_headers(api_key: str | None) -> dict[str, str]:
+    """What every request of the client carries, whatever the transport: who it is, and
+    its API key when it has one."""
+    headers = {"User-Agent": USER_AGENT}
+    if api_key:
+        headers["X-API-Key"] = api_key
+    return headers
+
+
 class PriceClient:
     """A polite client of the price API: one keep-alive session, timeouts always set,
     conditional requests with the last ETag.
@@ -114,9 +123,7 @@ class PriceClient:
             self.params = {"symbol": self.symbols[0]} if self.symbols else {}
         self.timeout = timeout
         self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
-        if api_key:
-            self.session.headers["X-API-Key"] = api_key
+        self.session.headers.update(identifying_headers(api_key))
         # Long-poll: a conditional request also asks the server to hold it until the tick
         # turns (Prefer: wait=N); the read timeout then allows for the wait.
         self.long_poll_wait = long_poll_wait

@@ -23,13 +23,13 @@ from client.api import (
     FatalError,
     Fetched,
     RetryableError,
+    identifying_headers,
     read_bounded,
     root_cause,
     status_error,
 )
 from client.payload import BadPayload, parse_quotes
 from client.sse import Event, EventStream, split_lines
-from client.version import USER_AGENT
 
 # A stream that says nothing for this long (the server's heartbeat is 15 s) is dead.
 SILENCE_SECONDS = 45.0
@@ -50,9 +50,7 @@ class _PushClient:
         self.base = url.rstrip("/")
         self.symbols = tuple(s.upper() for s in symbols)
         self.timeout = timeout
-        self.headers = {"User-Agent": USER_AGENT}
-        if api_key:
-            self.headers["X-API-Key"] = api_key
+        self.headers = identifying_headers(api_key)
         self.in_flight = False  # true while waiting on the network (see the CLI's signals)
         self.reconnects = 0  # connections after the first
 

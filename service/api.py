@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import flask
 from werkzeug.datastructures import ETags
@@ -95,7 +95,7 @@ def _answer_poll(state: ServiceState, current: Current, subject: str) -> flask.R
     environ = flask.request.environ
     now = state.feed.now()
     polled = current(now)
-    client_tags = _client_tags()
+    client_tags = _client_tags(environ)
     wait = preferred_wait(environ.get("HTTP_PREFER"))
     if wait is not None and client_tags is not None:
         if state.draining.is_set():
@@ -185,13 +185,13 @@ def history(symbol: str) -> flask.Response:
                 ],
             }
         ),
-        client_tags=_client_tags(),
+        client_tags=_client_tags(flask.request.environ),
     )
 
 
-def _client_tags() -> ETags | None:
+def _client_tags(environ: dict[str, Any]) -> ETags | None:
     """The request's If-None-Match, parsed only when it is there."""
-    asked = flask.request.environ.get("HTTP_IF_NONE_MATCH")
+    asked = environ.get("HTTP_IF_NONE_MATCH")
     return parse_etags(asked) if asked is not None else None
 
 

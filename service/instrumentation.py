@@ -88,7 +88,6 @@ class Instrumentation:
             return self._app(environ, start)
         finally:
             self._metrics.in_flight.dec()
-            # No status: the application raised past Flask's own handling.
             # No status: the application raised past Flask's own handling, or a WebSocket
             # took the connection over (and answered 101 itself).
             code = int(status[:3]) if status else (101 if facts.upgraded else 500)

@@ -15,10 +15,11 @@ stream ends by itself after ``STREAM_LIFETIME_MINUTES`` (EventSource reconnects 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import flask
@@ -68,7 +69,7 @@ class StreamSlots:
                 raise TooManyStreams(self._cap)
             self._open[client] += 1
         self._metrics.streams_open.labels(transport).inc()
-        return Slot(self, client, transport)
+        return Slot(functools.partial(self._give_back, client, transport), transport)
 
     def _give_back(self, client: str, transport: str) -> None:
         with self._lock:
@@ -81,14 +82,14 @@ class StreamSlots:
 class Slot:
     """One open push connection's place; released once, however the connection ends."""
 
-    def __init__(self, slots: StreamSlots, client: str, transport: str) -> None:
-        self._slots, self._client, self.transport = slots, client, transport
+    def __init__(self, give_back: Callable[[], None], transport: str) -> None:
+        self._give_back, self.transport = give_back, transport
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._slots._give_back(self._client, self.transport)
+            self._give_back()
 
 
 def init_app(app: flask.Flask, heartbeat_seconds: float) -> None:
