@@ -41,7 +41,9 @@ def create_app(
         clock=clock,
     )
     limiting = RateLimiting(settings, metrics)
-    streams = StreamSlots(settings.max_streams_per_client, metrics)
+    # A stream ends by itself after its lifetime: a place is leased that long, and a minute.
+    lease = settings.stream_lifetime_minutes * 60 + 60
+    streams = StreamSlots(settings.max_streams_per_client, metrics, limiting.stream_ledger(lease))
     app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams)
 
     errors.init_app(app)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -84,6 +86,22 @@ if left < 0 then
     left = tonumber(ARGV[1]) * 1000
 end
 return {current, left}
+"""
+
+
+# A client's open streams, as a sorted set of leases (member: one stream, score: when its
+# lease ends, by Redis's clock): expired leases dropped, then one added if fewer than the
+# cap are held. Answers 1 when taken, 0 when the client holds the cap already.
+CLAIM_STREAM = b"""
+local now = redis.call("time")
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call("zremrangebyscore", KEYS[1], "-inf", now_ms)
+if redis.call("zcard", KEYS[1]) >= tonumber(ARGV[1]) then
+    return 0
+end
+redis.call("zadd", KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
+redis.call("pexpire", KEYS[1], ARGV[2])
+return 1
 """
 
 
@@ -190,6 +208,17 @@ class RateLimiting:
         }
         self._storage_errors = _StorageErrorReporter(metrics, settings.rate_limit_fail_open)
 
+    def stream_ledger(self, lease_seconds: float) -> SharedStreamLedger | None:
+        """The open-stream places of every worker sharing this limiter's Redis, each held
+        for at most ``lease_seconds``; None when the storage is not Redis (then one
+        process serves, or its places are per process)."""
+        if not isinstance(self.storage, RedisStorage):
+            return None
+        client = cast(redis.Redis, self.storage.get_connection())
+        return SharedStreamLedger(
+            client, lease_seconds, self._storage_errors, self._settings.rate_limit_fail_open
+        )
+
     def init_app(self, app: flask.Flask, blueprint: str) -> None:
         """Limit every endpoint of the blueprint named ``blueprint``, before its own hooks.
 
@@ -250,6 +279,53 @@ class RateLimiting:
     def _tell(environ: dict[str, Any], client: Client) -> None:
         facts = facts_of(environ)
         facts.client, facts.client_class = client.key, client.client_class.name
+
+
+class SharedStreamLedger:
+    """Places for open streams per client, counted in Redis so that the cap holds across
+    every worker and pod sharing it. Each place is a lease as long as a stream can live,
+    so the places of a worker that died without giving them back free themselves. A Redis
+    failure fails open (the stream opens, uncounted) or closed (503), as the limiter does."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        lease_seconds: float,
+        errors: _StorageErrorReporter,
+        fail_open: bool,
+    ) -> None:
+        self._client = client
+        self._claim = client.register_script(CLAIM_STREAM)
+        self._lease_ms = math.ceil(lease_seconds * 1000)
+        self._errors = errors
+        self._fail_open = fail_open
+
+    def claim(self, client: str, cap: int) -> Callable[[], None] | None:
+        """Take one of ``client``'s ``cap`` places; returns how to give it back, or None
+        when they are all taken."""
+        key = f"{KEY_PREFIX}/streams/{client}"
+        lease = secrets.token_hex(8)
+        try:
+            taken = self._claim([key], [cap, self._lease_ms, lease])
+        except Exception as exc:
+            self._errors.record(exc)
+            if self._fail_open:
+                return _nothing_to_give_back
+            raise StorageUnavailable() from None
+        if not taken:
+            return None
+
+        def give_back() -> None:
+            try:
+                self._client.zrem(key, lease)
+            except Exception as exc:  # the lease runs out by itself
+                self._errors.record(exc)
+
+        return give_back
+
+
+def _nothing_to_give_back() -> None:
+    return None
 
 
 class _StorageErrorReporter:

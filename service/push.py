@@ -28,6 +28,7 @@ from flask_sock import Sock
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
 from service.feed import HISTORY_MAX
+from service.limiting import SharedStreamLedger
 from service.metrics import Metrics
 from service.request_facts import facts_of
 from service.state import ServiceState, get_state
@@ -57,25 +58,41 @@ class TooManyStreams(ApiError):
 class StreamSlots:
     """The push connections each client holds open in this process, capped."""
 
-    def __init__(self, cap: int, metrics: Metrics) -> None:
+    def __init__(
+        self, cap: int, metrics: Metrics, shared: SharedStreamLedger | None = None
+    ) -> None:
         self._cap = cap
         self._metrics = metrics
+        self._shared = shared  # across workers, when the limiter's storage is Redis
         self._open: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def take(self, client: str, transport: str) -> Slot:
-        with self._lock:
-            if self._open[client] >= self._cap:
+        if self._shared is not None:
+            give_back_shared = self._shared.claim(client, self._cap)
+            if give_back_shared is None:
                 raise TooManyStreams(self._cap)
-            self._open[client] += 1
+        else:
+            give_back_shared = None
+            with self._lock:
+                if self._open[client] >= self._cap:
+                    raise TooManyStreams(self._cap)
+                self._open[client] += 1
         self._metrics.streams_open.labels(transport).inc()
-        return Slot(functools.partial(self._give_back, client, transport), transport)
+        return Slot(
+            functools.partial(self._give_back, client, transport, give_back_shared), transport
+        )
 
-    def _give_back(self, client: str, transport: str) -> None:
-        with self._lock:
-            self._open[client] -= 1
-            if self._open[client] <= 0:
-                del self._open[client]
+    def _give_back(
+        self, client: str, transport: str, give_back_shared: Callable[[], None] | None
+    ) -> None:
+        if give_back_shared is not None:
+            give_back_shared()
+        else:
+            with self._lock:
+                self._open[client] -= 1
+                if self._open[client] <= 0:
+                    del self._open[client]
         self._metrics.streams_open.labels(transport).dec()
 
 

@@ -5,19 +5,26 @@ per-client cap, dropped readers, and a prompt, clean shutdown."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import requests
 import simple_websocket
 
 from client.sse import Event, EventStream, split_lines
-from tests.integration.conftest import HOST, Service, ServiceFactory, wait_until
+from tests.integration.conftest import (
+    HOST,
+    RedisServer,
+    Service,
+    ServiceFactory,
+    wait_until,
+)
 
 KEY = "push-test-key-0123456789"
 
@@ -166,6 +173,48 @@ def test_streams_per_client_are_capped(start_service: ServiceFactory) -> None:
     wait_until(lambda: service.metric("streams_open", transport="sse") == 0, 10, "freed")
     with sse(url) as (again, _):
         assert again.status_code == 200
+
+
+def test_the_stream_cap_holds_across_workers_sharing_redis(
+    start_service: ServiceFactory, redis_storage: RedisServer
+) -> None:
+    """Two workers, one Redis: the client's places are counted once for both. Each open
+    is steered to a chosen worker by pausing the other (SIGSTOP) while it connects: one
+    stream on each worker, then a third on each is refused, and a place given back is
+    free on either."""
+    service = start_service(
+        WORKERS="2",
+        RATE_LIMIT_STORAGE_URI=redis_storage.uri,
+        MAX_STREAMS_PER_CLIENT="2",
+        PRICE_TICK_SECONDS="0.5",
+    )
+    url = f"{service.url}/v1/prices/stream"
+    one, other = sorted(service.worker_pids())
+
+    @contextmanager
+    def on(worker: int) -> Iterator[None]:
+        paused = other if worker == one else one
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(paused, signal.SIGCONT)
+
+    def status_of_a_stream_on(worker: int) -> int:
+        with on(worker), requests.get(url, stream=True, timeout=(5, 30)) as response:
+            return response.status_code
+
+    with ExitStack() as streams:
+        with on(one):
+            first, _ = streams.enter_context(sse(url))
+        with on(other):
+            second, _ = streams.enter_context(sse(url))
+        assert (first.status_code, second.status_code) == (200, 200)
+        # Per process, each worker would still have a place; shared, neither has.
+        assert status_of_a_stream_on(one) == 429
+        assert status_of_a_stream_on(other) == 429
+    wait_until(lambda: service.metric("streams_open", transport="sse") == 0, 10, "freed")
+    assert status_of_a_stream_on(one) == 200
 
 
 def test_a_long_poll_is_answered_at_the_tick_and_is_not_request_latency(

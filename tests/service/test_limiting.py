@@ -7,6 +7,7 @@ import socket
 import flask
 import pytest
 
+from service.limiting import StorageUnavailable
 from service.state import get_state
 from tests.conftest import AppFactory
 
@@ -121,6 +122,33 @@ def test_unreachable_storage_fails_closed_when_asked(make_app: AppFactory) -> No
     assert response.get_json()["error"] == "unavailable"
     assert response.headers["Retry-After"] == "1"
     assert client.get("/healthz").status_code == 200
+
+
+def test_stream_places_fail_open_with_an_unreachable_redis(make_app: AppFactory) -> None:
+    app = make_app(RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{_closed_port()}")
+    ledger = get_state(app).limiting.stream_ledger(60)
+    assert ledger is not None
+    give_back = ledger.claim("203.0.113.9", 1)
+    assert give_back is not None  # opened, uncounted
+    give_back()  # and nothing to give back
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "ratelimit_storage_errors_total 1.0" in text
+
+
+def test_stream_places_fail_closed_with_an_unreachable_redis_when_asked(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{_closed_port()}", RATE_LIMIT_FAIL_OPEN="false"
+    )
+    ledger = get_state(app).limiting.stream_ledger(60)
+    assert ledger is not None
+    with pytest.raises(StorageUnavailable):
+        ledger.claim("203.0.113.9", 1)
+
+
+def test_stream_places_are_per_process_without_redis(make_app: AppFactory) -> None:
+    assert get_state(make_app()).limiting.stream_ledger(60) is None
 
 
 def test_counters_keep_flask_limiters_key_layout(make_app: AppFactory) -> None:
