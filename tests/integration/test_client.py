@@ -381,6 +381,10 @@ def test_a_websocket_client_counts_the_ticks_a_restart_cost_it(
     assert service.stop() == 0
     client.wait_for_log('"retrying"')
     before_restart = len(client.stdout)
+    # A restart can fit between two ticks; make the outage outlast one: restart only once
+    # the tick after the last one seen has passed too.
+    last_seen = json.loads(client.stdout[-1])["tick"]
+    wait_until(lambda: time.time() >= (last_seen + 2) * 0.5, 10, "a tick to pass unseen")
     start_service(PORT=port, PRICE_TICK_SECONDS="0.5")
     client.wait_for_output(before_restart + 3)  # three ticks from the new server
     client.send_signal(signal.SIGINT)
