@@ -1,0 +1,115 @@
+"""Worker CPU per request: what the wrk ratio cannot show.
+
+``python -m bench.workercpu [--rounds N] [--class gevent,gthread] [TARGET ...]`` serves
+each of ``make bench``'s targets (default: bare Flask and the service in production
+shape) fresh per round under each worker class, alternated, and reads the CPU time of the
+workers and of redis-server from ``/proc/<pid>/stat`` around the same wrk run: microseconds
+per request in the workers (and how much of it in the kernel) and in Redis. Variations:
+``--env NAME=VALUE`` (repeatable) sets the service's environment on every target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.bench import DURATION, free_port, redis_server, require, serve, targets, wrk
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Cpu:
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def cpu_of(pids: list[int]) -> Cpu:
+    """Seconds of CPU the processes have used, in user space and in the kernel."""
+    user = system = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / CLOCK_TICKS
+        system += int(fields[12]) / CLOCK_TICKS
+    return Cpu(user, system)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--class", dest="classes", default="gevent")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("targets", nargs="*", default=["flask_prod", "service_prod"])
+    args = parser.parse_args()
+    require("wrk", "redis-server")
+    extra = dict(item.split("=", 1) for item in args.env)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    with redis_server() as uri, tempfile.TemporaryDirectory() as scratch:
+        redis_pid = int(
+            subprocess.run(
+                ["pgrep", "-f", f"redis-server 127.0.0.1:{uri.rsplit(':', 1)[1]}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()[0]
+        )
+        by_name = {t.name: t for t in targets(uri, Path(scratch))}
+        for round_number in range(args.rounds):
+            for worker_class in args.classes.split(","):
+                for name in args.targets:
+                    target = by_name[name]
+                    metrics = f"{scratch}/{name}-{worker_class}-{round_number}"
+                    env = {
+                        **target.env,
+                        "WORKER_CLASS": worker_class,
+                        **extra,
+                        "PROMETHEUS_MULTIPROC_DIR": metrics,
+                    }
+                    port = free_port()
+                    with serve(target.argv, env, port) as master:
+                        url = f"http://127.0.0.1:{port}/crypto-price"
+                        wrk(url, 2)  # warm-up
+                        workers = children(master.pid)
+                        before, redis_before = cpu_of(workers), cpu_of([redis_pid])
+                        result = wrk(url, DURATION)
+                        after, redis_after = cpu_of(workers), cpu_of([redis_pid])
+                    requests = result["rps"] * DURATION
+                    row = (
+                        result["rps"],
+                        (after.total - before.total) / requests * 1e6,
+                        (after.system - before.system) / requests * 1e6,
+                        (redis_after.total - redis_before.total) / requests * 1e6,
+                    )
+                    rows.setdefault(f"{name} ({worker_class})", []).append(row)
+                    print(
+                        f"round {round_number + 1} {name:16s} {worker_class:8s} "
+                        f"{row[0]:8.0f} req/s  workers {row[1]:6.1f} us/request "
+                        f"(kernel {row[2]:5.1f})  redis-server {row[3]:5.1f} us/request",
+                        flush=True,
+                    )
+    print("\nmedians:")
+    for label, runs in rows.items():
+        rps, worker, kernel, redis = (
+            statistics.median(column) for column in zip(*runs, strict=True)
+        )
+        print(
+            f"{label:32s} {rps:8.0f} req/s  workers {worker:6.1f} us/request "
+            f"(kernel {kernel:5.1f})  redis-server {redis:5.1f} us/request"
+        )
+
+
+if __name__ == "__main__":
+    main()
