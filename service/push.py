@@ -56,7 +56,8 @@ class TooManyStreams(ApiError):
 
 
 class StreamSlots:
-    """The push connections each client holds open in this process, capped."""
+    """The push connections each client holds open, capped: counted in the shared ledger
+    (every worker on the same Redis) when there is one, else in this process."""
 
     def __init__(
         self, cap: int, metrics: Metrics, shared: SharedStreamLedger | None = None
