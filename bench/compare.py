@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from bench.bench import NO_LIMIT, free_port, serve
+from bench.procfs import children, cpu_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -222,19 +223,6 @@ RUNNERS: dict[str, Callable[[aiohttp.ClientSession, str, Client, float], Awaitab
 TRANSPORTS = tuple(RUNNERS)  # in the report's order
 
 
-def process_tree(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [master, *(int(pid) for pid in children)]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -294,10 +282,10 @@ def run_one(groups: list[tuple[str, int]], seconds: float, env: dict[str, str]) 
     port = free_port()
     with serve([str(BIN / "crypto-service")], env, port) as process:
         url = f"http://127.0.0.1:{port}"
-        pids = process_tree(process.pid)
-        rss_before, cpu_before = rss_bytes(pids), cpu_seconds(pids)
+        pids = [process.pid, *children(process.pid)]
+        rss_before, cpu_before = rss_bytes(pids), cpu_of(pids).total
         clients = asyncio.run(drive(url, groups, seconds))
-        cpu = cpu_seconds(pids) - cpu_before
+        cpu = cpu_of(pids).total - cpu_before
         rss = max(0, rss_bytes(pids) - rss_before)
     total = sum(n for _, n in groups)
     return {

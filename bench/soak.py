@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench import BENCH, BIN, NO_LIMIT, free_port, redis_server, require, serve, wrk
+from bench.procfs import children
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY = 15
@@ -25,10 +26,6 @@ def process_figures(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
     return {"rss_kib": rss_kib, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def main() -> None:

@@ -11,40 +11,13 @@ per request in the workers (and how much of it in the kernel) and in Redis. Vari
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bench import DURATION, free_port, redis_server, require, serve, targets, wrk
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Cpu:
-    user: float
-    system: float
-
-    @property
-    def total(self) -> float:
-        return self.user + self.system
-
-
-def cpu_of(pids: list[int]) -> Cpu:
-    """Seconds of CPU the processes have used, in user space and in the kernel."""
-    user = system = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11]) / CLOCK_TICKS
-        system += int(fields[12]) / CLOCK_TICKS
-    return Cpu(user, system)
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+from bench.procfs import children, cpu_of
 
 
 def main() -> None:

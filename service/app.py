@@ -17,7 +17,7 @@ from service.limiting import CLIENT_CLASSES, RateLimiting
 from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
-from service.push import StreamSlots
+from service.push import ProcessStreamLedger, StreamSlots
 from service.state import EXTENSION, ServiceState
 
 
@@ -43,7 +43,8 @@ def create_app(
     limiting = RateLimiting(settings, metrics)
     # A stream ends by itself after its lifetime: a place is leased that long, and a minute.
     lease = settings.stream_lifetime_minutes * 60 + 60
-    streams = StreamSlots(settings.max_streams_per_client, metrics, limiting.stream_ledger(lease))
+    ledger = limiting.stream_ledger(lease) or ProcessStreamLedger()
+    streams = StreamSlots(settings.max_streams_per_client, metrics, ledger)
     app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams)
 
     errors.init_app(app)

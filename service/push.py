@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import flask
 from flask_sock import Sock
@@ -28,7 +28,6 @@ from flask_sock import Sock
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
 from service.feed import HISTORY_MAX
-from service.limiting import SharedStreamLedger
 from service.metrics import Metrics
 from service.request_facts import facts_of
 from service.state import ServiceState, get_state
@@ -55,45 +54,52 @@ class TooManyStreams(ApiError):
         return [*super().get_headers(), ("Retry-After", "1")]
 
 
-class StreamSlots:
-    """The push connections each client holds open, capped: counted in the shared ledger
-    (every worker on the same Redis) when there is one, else in this process."""
+class StreamLedger(Protocol):
+    def claim(self, client: str, cap: int) -> Callable[[], None] | None:
+        """Take one of ``client``'s ``cap`` places; how to give it back, or None if full."""
+        ...
 
-    def __init__(
-        self, cap: int, metrics: Metrics, shared: SharedStreamLedger | None = None
-    ) -> None:
-        self._cap = cap
-        self._metrics = metrics
-        self._shared = shared  # across workers, when the limiter's storage is Redis
+
+class ProcessStreamLedger:
+    """Places for open streams per client, counted in this process: when the limiter's
+    storage is not Redis (with ``memory://`` this process is the only worker). With Redis,
+    the limiter's SharedStreamLedger counts them across workers."""
+
+    def __init__(self) -> None:
         self._open: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def take(self, client: str, transport: str) -> Slot:
-        if self._shared is not None:
-            give_back_shared = self._shared.claim(client, self._cap)
-            if give_back_shared is None:
-                raise TooManyStreams(self._cap)
-        else:
-            give_back_shared = None
-            with self._lock:
-                if self._open[client] >= self._cap:
-                    raise TooManyStreams(self._cap)
-                self._open[client] += 1
-        self._metrics.streams_open.labels(transport).inc()
-        return Slot(
-            functools.partial(self._give_back, client, transport, give_back_shared), transport
-        )
+    def claim(self, client: str, cap: int) -> Callable[[], None] | None:
+        with self._lock:
+            if self._open[client] >= cap:
+                return None
+            self._open[client] += 1
+        return functools.partial(self._give_back, client)
 
-    def _give_back(
-        self, client: str, transport: str, give_back_shared: Callable[[], None] | None
-    ) -> None:
-        if give_back_shared is not None:
-            give_back_shared()
-        else:
-            with self._lock:
-                self._open[client] -= 1
-                if self._open[client] <= 0:
-                    del self._open[client]
+    def _give_back(self, client: str) -> None:
+        with self._lock:
+            self._open[client] -= 1
+            if self._open[client] <= 0:
+                del self._open[client]
+
+
+class StreamSlots:
+    """The push connections each client holds open, capped, counted in ``ledger``."""
+
+    def __init__(self, cap: int, metrics: Metrics, ledger: StreamLedger) -> None:
+        self._cap = cap
+        self._metrics = metrics
+        self._ledger = ledger
+
+    def take(self, client: str, transport: str) -> Slot:
+        give_back = self._ledger.claim(client, self._cap)
+        if give_back is None:
+            raise TooManyStreams(self._cap)
+        self._metrics.streams_open.labels(transport).inc()
+        return Slot(functools.partial(self._give_back, give_back, transport), transport)
+
+    def _give_back(self, give_back: Callable[[], None], transport: str) -> None:
+        give_back()
         self._metrics.streams_open.labels(transport).dec()
 
 

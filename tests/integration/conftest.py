@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,18 @@ class Service:
         except FileNotFoundError:
             return set()
         return {int(pid) for pid in text.split()}
+
+    @contextmanager
+    def paused(self, workers: set[int]) -> Iterator[None]:
+        """The workers stopped (SIGSTOP) for the block: what is sent meanwhile waits for
+        them, or goes to the other workers."""
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
 
     def serving_workers(self) -> set[int]:
         """Live workers that have logged "worker ready" (their app is built, they accept)."""

@@ -4,9 +4,7 @@ graceful shutdown, and start-up validation."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -297,15 +295,9 @@ def burst(service: Service, path: str, connections: list[HTTPConnection]) -> lis
     """One request on each of ``connections`` (kept alive, already accepted), all reaching
     the service at the same moment: the workers are paused (SIGSTOP) while the requests
     are written, so that on waking each finds its share of them waiting at once."""
-    workers = service.worker_pids()
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with service.paused(service.worker_pids()):
         for connection in connections:
             connection.request("GET", path)
-    finally:
-        for pid in workers:
-            os.kill(pid, signal.SIGCONT)
     answers = []
     for connection in connections:
         answer = connection.getresponse()

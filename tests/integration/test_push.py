@@ -5,13 +5,12 @@ per-client cap, dropped readers, and a prompt, clean shutdown."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import requests
@@ -191,14 +190,8 @@ def test_the_stream_cap_holds_across_workers_sharing_redis(
     url = f"{service.url}/v1/prices/stream"
     one, other = sorted(service.worker_pids())
 
-    @contextmanager
-    def on(worker: int) -> Iterator[None]:
-        paused = other if worker == one else one
-        os.kill(paused, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.kill(paused, signal.SIGCONT)
+    def on(worker: int) -> AbstractContextManager[None]:
+        return service.paused({other if worker == one else one})
 
     def status_of_a_stream_on(worker: int) -> int:
         with on(worker), requests.get(url, stream=True, timeout=(5, 30)) as response:
