@@ -413,6 +413,17 @@ class Prometheus:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The expression at every scrape interval from start to end, as a graph panel draws it."""
+        answer = requests.get(
+            f"{self.url}/api/v1/query_range",
+            params={"query": expr, "start": str(start), "end": str(end), "step": "1"},
+            timeout=10,
+        ).json()
+        assert answer["status"] == "success", (expr, answer)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
     def stop(self) -> None:
         self.process.terminate()
         try:
