@@ -77,10 +77,13 @@ class Fetched:
 
 
 class Fetcher(Protocol):
-    """What the polling loop needs of a transport: the next answer, and whether a request
-    is on the wire (the CLI abandons one on SIGINT)."""
+    """What the polling loop needs of a transport: the next answer, whether a request is on
+    the wire (the CLI abandons one on SIGINT), and how many requests it has sent."""
 
     in_flight: bool
+    # HTTP requests sent so far, as the server counts them: one per poll, one per stream or
+    # WebSocket opened (not one per document pushed over it).
+    requests_sent: int
 
     def fetch(self) -> Fetched: ...
 
@@ -129,6 +132,7 @@ class PriceClient:
         self.long_poll_wait = long_poll_wait
         self.etag: str | None = None
         self.in_flight = False  # true while a request is on the wire (see the CLI's signals)
+        self.requests_sent = 0
 
     def fetch(self) -> Fetched:
         """One request. Raises RetryableError, FatalError or BadPayload."""
@@ -139,6 +143,7 @@ class PriceClient:
             timeout = (self.timeout, self.timeout + self.long_poll_wait)
         started = time.monotonic()
         self.in_flight = True
+        self.requests_sent += 1
         try:
             response = self.session.get(
                 self.endpoint,

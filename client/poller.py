@@ -130,16 +130,24 @@ class Poller:
         return self.stats
 
     def _poll_once(self) -> bool:
+        # Requests as the server counts them (a stream opened is one, whatever it carries),
+        # from the transport itself: an interrupted poll's request was sent too.
+        sent_before = self.client.requests_sent
+        try:
+            return self._poll_with_retries()
+        finally:
+            self.stats.requests += self.client.requests_sent - sent_before
+
+    def _poll_with_retries(self) -> bool:
         stats = self.stats
         try:
-            fetched, attempts = fetch_with_retries(
+            fetched, _ = fetch_with_retries(
                 self.client, self.options.policy, self.stop, self._on_retry, self._rng
             )
         except Interrupted:
             return False
         except PollError as error:
             stats.polls += 1
-            stats.requests += error.attempts
             stats.failures += 1
             if isinstance(error, BadPayload):
                 stats.bad_payloads += 1
@@ -150,7 +158,6 @@ class Poller:
             self.listener.on_failure(stats.polls, error, error.attempts)
             return True
         stats.polls += 1
-        stats.requests += attempts
         if self.options.transport == "poll":  # elsewhere the time is the server's pacing
             stats.latencies.append(fetched.latency)
             self.listener.on_request(fetched.latency)

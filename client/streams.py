@@ -53,6 +53,7 @@ class _PushClient:
         self.headers = identifying_headers(api_key)
         self.in_flight = False  # true while waiting on the network (see the CLI's signals)
         self.reconnects = 0  # connections after the first
+        self.requests_sent = 0  # connections tried: the requests the server saw
 
     @property
     def query(self) -> str:
@@ -97,6 +98,7 @@ class SseClient(_PushClient):
         headers = dict(self.headers)
         if self._stream.last_event_id:
             headers["Last-Event-ID"] = self._stream.last_event_id
+        self.requests_sent += 1
         try:
             response = requests.get(
                 self.base + self.path + self.query,
@@ -155,6 +157,7 @@ class WebSocketClient(_PushClient):
 
     def _connect(self) -> Any:
         url = ("ws" + self.base.removeprefix("http")) + self.path + self.query
+        self.requests_sent += 1
         try:
             ws = simple_websocket.Client.connect(url, headers=self.headers)
         except simple_websocket.ConnectionError as exc:

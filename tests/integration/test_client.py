@@ -328,7 +328,17 @@ def test_client_metrics_count_what_the_server_answered() -> None:
     assert families[("crypto_poll_price", (("symbol", "BTC"),))] == 101.0
 
 
-@pytest.mark.parametrize("transport", ["poll", "long-poll", "sse", "websocket"])
+# Each transport's route, and the requests four prices cost on it: a poll each (a long-poll
+# too: the server holds it until the tick turns), or one stream or WebSocket for them all.
+TRANSPORTS = {
+    "poll": ("/crypto-price", 4),
+    "long-poll": ("/crypto-price", 4),
+    "sse": ("/v1/prices/stream", 1),
+    "websocket": ("/v1/prices/ws", 1),
+}
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_every_transport_prints_the_same_lines_and_summary(
     start_service: ServiceFactory, transport: str
 ) -> None:
@@ -344,6 +354,14 @@ def test_every_transport_prints_the_same_lines_and_summary(
     stats = summary(result.stderr)
     assert (stats["polls"], stats["fresh"], stats["unchanged"], stats["failures"]) == (4, 4, 0, 0)
     assert stats["skipped_ticks"] == 0 and stats["transport"] == transport
+    # The requests it reports are those the service counted (a WebSocket's once it closed).
+    route, expected = TRANSPORTS[transport]
+    wait_until(
+        lambda: service.metric("http_requests_total", route=route) == expected,
+        10,
+        f"the service to count {expected} request(s) to {route}",
+    )
+    assert stats["requests"] == expected
 
 
 @pytest.mark.parametrize("transport", ["long-poll", "sse"])
