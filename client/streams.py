@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import requests
-import simple_websocket
+import websocket
 
 from client.api import (
     FatalError,
@@ -152,46 +152,52 @@ class WebSocketClient(_PushClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ws: Any = None
+        self._ws: websocket.WebSocket | None = None
         self._connected_once = False
 
-    def _connect(self) -> Any:
+    def _connect(self) -> websocket.WebSocket:
         url = ("ws" + self.base.removeprefix("http")) + self.path + self.query
         self.requests_sent += 1
         try:
-            ws = simple_websocket.Client.connect(url, headers=self.headers)
-        except simple_websocket.ConnectionError as exc:
-            status = exc.status_code
-            if status is None:
-                raise RetryableError("connection failed", "connection") from None
-            # The refusal's body and Retry-After are not exposed by simple-websocket.
-            raise status_error(int(status), None, None) from None
-        except OSError as exc:
+            ws = websocket.create_connection(
+                url,
+                timeout=self.timeout,
+                header=[f"{name}: {value}" for name, value in self.headers.items()],
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            # A refused handshake is an HTTP answer like a poll's: its status, its error
+            # body and its Retry-After decide the retry.
+            headers = exc.resp_headers or {}  # names in lower case
+            raise status_error(exc.status_code, exc.resp_body, headers.get("retry-after")) from None
+        except websocket.WebSocketTimeoutException:
+            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
+        except (websocket.WebSocketException, OSError) as exc:
             raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+        ws.settimeout(SILENCE_SECONDS)
         if self._connected_once:
             self.reconnects += 1
         self._connected_once = True
         return ws
 
     def _next_document(self) -> str:
-        while True:
-            if self._ws is None:
-                self._ws = self._connect()
-            try:
-                message = self._ws.receive(timeout=SILENCE_SECONDS)
-            except simple_websocket.ConnectionClosed:
-                self.close()  # the server ended the session: connect again, with backoff
-                raise RetryableError("the server closed the WebSocket", "stream_end") from None
-            except OSError as exc:
-                self.close()
-                raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
-            if message is None:
-                self.close()
-                raise RetryableError(f"silent for {SILENCE_SECONDS:g} s", "timeout")
-            return message if isinstance(message, str) else message.decode("utf-8", "replace")
+        if self._ws is None:
+            self._ws = self._connect()
+        try:
+            # Answers the server's pings as it reads; returns at a text, binary or close frame.
+            opcode, data = self._ws.recv_data()
+        except websocket.WebSocketTimeoutException:
+            self.close()
+            raise RetryableError(f"silent for {SILENCE_SECONDS:g} s", "timeout") from None
+        except (websocket.WebSocketException, OSError) as exc:
+            self.close()
+            raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self.close()  # the server ended the session: connect again, with backoff
+            raise RetryableError("the server closed the WebSocket", "stream_end")
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
 
     def close(self) -> None:
         if self._ws is not None:
             with contextlib.suppress(Exception):  # it may be gone already
-                self._ws.close()
+                self._ws.close(timeout=0.25)
         self._ws = None

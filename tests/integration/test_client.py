@@ -29,6 +29,14 @@ from tests.scripted_server import Answer, ScriptedServer, quote_body, silent_ser
 
 JSON = {"Content-Type": "application/json"}
 POLL = str(Path(sys.executable).parent / "crypto-poll")
+# Each transport's route, and the requests four prices cost on it: a poll each (a long-poll
+# too: the server holds it until the tick turns), or one stream or WebSocket for them all.
+TRANSPORTS = {
+    "poll": ("/crypto-price", 4),
+    "long-poll": ("/crypto-price", 4),
+    "sse": ("/v1/prices/stream", 1),
+    "websocket": ("/v1/prices/ws", 1),
+}
 
 
 def poll(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -281,6 +289,23 @@ def test_sigint_during_a_backoff_sleep_stops_within_a_second_with_a_summary() ->
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_sigint_while_waiting_for_the_next_price_stops_within_a_second(
+    start_service: ServiceFactory, transport: str
+) -> None:
+    # Ticks far apart: the client is waiting (a sleep, a held long-poll, a quiet stream).
+    service = start_service(PRICE_TICK_SECONDS="60")
+    client = PollRun("--url", service.url, "--transport", transport, "--log-format", "json")
+    client.wait_for_output(1)
+    time.sleep(0.3)  # past the first answer, into the wait for the next
+    sent = time.monotonic()
+    client.send_signal(signal.SIGINT)
+    returncode, _, stderr = client.finish(timeout=10)
+    assert time.monotonic() - sent < 1.0
+    assert returncode == 0 and "Traceback" not in stderr
+    assert summary(stderr)["polls"] == 1
+
+
 def test_sigterm_during_a_request_abandons_it_at_once() -> None:
     with silent_server() as server:
         client = PollRun("--url", server.url, "--timeout", "30", "--log-format", "json")
@@ -290,7 +315,9 @@ def test_sigterm_during_a_request_abandons_it_at_once() -> None:
         returncode, _, stderr = client.finish(timeout=10)
         assert time.monotonic() - sent < 1.0
     assert returncode == 0
-    assert summary(stderr)["requests"] == 0
+    stats = summary(stderr)
+    # The request was sent (the server has it); the poll, abandoned, is not counted.
+    assert (stats["requests"], stats["polls"]) == (server.accepted, 0) == (1, 0)
 
 
 def test_client_metrics_count_what_the_server_answered() -> None:
@@ -328,16 +355,6 @@ def test_client_metrics_count_what_the_server_answered() -> None:
     assert families[("crypto_poll_price", (("symbol", "BTC"),))] == 101.0
 
 
-# Each transport's route, and the requests four prices cost on it: a poll each (a long-poll
-# too: the server holds it until the tick turns), or one stream or WebSocket for them all.
-TRANSPORTS = {
-    "poll": ("/crypto-price", 4),
-    "long-poll": ("/crypto-price", 4),
-    "sse": ("/v1/prices/stream", 1),
-    "websocket": ("/v1/prices/ws", 1),
-}
-
-
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_every_transport_prints_the_same_lines_and_summary(
     start_service: ServiceFactory, transport: str
@@ -362,6 +379,26 @@ def test_every_transport_prints_the_same_lines_and_summary(
         f"the service to count {expected} request(s) to {route}",
     )
     assert stats["requests"] == expected
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_a_stream_refused_with_429_waits_out_retry_after_then_opens(
+    start_service: ServiceFactory, transport: str
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS="0.5", RATE_LIMIT="2 per 6 seconds")
+    for _ in range(2):  # the budget spent: the stream's first ask is refused
+        assert requests.get(f"{service.url}/crypto-price", timeout=5).status_code == 200
+    result = poll(
+        "--url", service.url, "--transport", transport, "--count", "2", "--log-format", "json"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    service.stop()  # the access log is complete
+    route, _ = TRANSPORTS[transport]
+    statuses = [served.status for served in service.served(route)]
+    # One refusal, then the wait the server asked for: no second ask inside the window.
+    assert statuses == [429, 200 if transport == "sse" else 101], statuses
+    stats = summary(result.stderr)
+    assert (stats["retries"], stats["requests"], stats["fresh"]) == (1, 2, 2)
 
 
 @pytest.mark.parametrize("transport", ["long-poll", "sse"])
