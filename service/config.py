@@ -251,8 +251,9 @@ class Settings:
             raise ConfigError(
                 "WORKERS",
                 f"{self.workers} worker processes with RATE_LIMIT_STORAGE_URI=memory:// would "
-                "give each process its own counters and multiply RATE_LIMIT; use THREADS to scale "
-                "one process, or set RATE_LIMIT_STORAGE_URI=redis://host:port",
+                "give each process its own counters and multiply RATE_LIMIT; one worker serves "
+                "many connections at once (WORKER_CONNECTIONS), or set "
+                "RATE_LIMIT_STORAGE_URI=redis://host:port to use more cores",
             )
 
     @property
