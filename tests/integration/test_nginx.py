@@ -1,12 +1,14 @@
 """The service behind Debian's nginx, configured as the README recommends
 (deploy/nginx/crypto-service.conf): events arrive tick by tick, not buffered; WebSockets
-upgrade through it; long-polls wait through it; the client address comes through."""
+upgrade through it; long-polls wait through it; the client address comes through;
+crypto-poll gets every tick through it, whatever its transport."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,33 @@ def test_the_client_address_comes_through_the_trusted_hop(
     service.stop()
     price_clients = {request.client for request in service.served()}
     assert price_clients == {"127.0.0.3"}  # what nginx saw, not the claim, not nginx itself
+
+
+@pytest.mark.parametrize("transport", ["poll", "long-poll", "sse", "websocket"])
+def test_crypto_poll_gets_every_tick_through_nginx(
+    behind_nginx: tuple[Service, str], transport: str
+) -> None:
+    _, url = behind_nginx
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "crypto-poll"),
+            "--url",
+            url,
+            "--transport",
+            transport,
+            "--count",
+            "4",
+            "--interval",
+            "0.3",
+            "--output",
+            "json",
+            "--log-format",
+            "json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    ticks = [json.loads(line)["tick"] for line in result.stdout.splitlines()]
+    assert ticks == list(range(ticks[0], ticks[0] + 4)), ticks
