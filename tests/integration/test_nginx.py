@@ -124,26 +124,12 @@ def test_crypto_poll_gets_every_tick_through_nginx(
     behind_nginx: tuple[Service, str], transport: str
 ) -> None:
     _, url = behind_nginx
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "crypto-poll"),
-            "--url",
-            url,
-            "--transport",
-            transport,
-            "--count",
-            "4",
-            "--interval",
-            "0.3",
-            "--output",
-            "json",
-            "--log-format",
-            "json",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = [
+        "--url", url, "--transport", transport, "--count", "4", "--interval", "0.3",
+        "--output", "json", "--log-format", "json",
+    ]  # fmt: skip
+    command = [str(Path(sys.executable).parent / "crypto-poll"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     ticks = [json.loads(line)["tick"] for line in result.stdout.splitlines()]
     assert ticks == list(range(ticks[0], ticks[0] + 4)), ticks
