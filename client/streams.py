@@ -52,8 +52,13 @@ class _PushClient:
         self.timeout = timeout
         self.headers = identifying_headers(api_key)
         self.in_flight = False  # true while waiting on the network (see the CLI's signals)
-        self.reconnects = 0  # connections after the first
+        self.connections = 0  # opened (accepted by the server)
         self.requests_sent = 0  # connections tried: the requests the server saw
+
+    @property
+    def reconnects(self) -> int:
+        """Connections opened after the first."""
+        return max(0, self.connections - 1)
 
     @property
     def query(self) -> str:
@@ -92,7 +97,6 @@ class SseClient(_PushClient):
         self._stream = EventStream()
         self._response: requests.Response | None = None
         self._events: Iterator[Event] | None = None
-        self._connected_once = False
 
     def _connect(self) -> Iterator[Event]:
         headers = dict(self.headers)
@@ -119,9 +123,7 @@ class SseClient(_PushClient):
         if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
             response.close()
             raise BadPayload("not an event stream")
-        if self._connected_once:
-            self.reconnects += 1
-        self._connected_once = True
+        self.connections += 1
         self._response = response
         return self._stream.feed(split_lines(response.iter_content(chunk_size=None)))
 
@@ -153,7 +155,6 @@ class WebSocketClient(_PushClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ws: websocket.WebSocket | None = None
-        self._connected_once = False
 
     def _connect(self) -> websocket.WebSocket:
         url = ("ws" + self.base.removeprefix("http")) + self.path + self.query
@@ -174,9 +175,7 @@ class WebSocketClient(_PushClient):
         except (websocket.WebSocketException, OSError) as exc:
             raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
         ws.settimeout(SILENCE_SECONDS)
-        if self._connected_once:
-            self.reconnects += 1
-        self._connected_once = True
+        self.connections += 1
         return ws
 
     def _next_document(self) -> str:
