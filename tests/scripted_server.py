@@ -3,11 +3,15 @@ answers the price service would never give (malformed payloads, 503s, silence)."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,3 +119,73 @@ def silent_server() -> Iterator[SilentServer]:
         for conn in server.held:
             conn.close()
         listener.close()
+
+
+class RawServer:
+    """Answers each connection with the bytes ``reply(request_head)`` returns, then closes
+    it: for answers no HTTP library would write (a WebSocket's frames, broken streams)."""
+
+    def __init__(self, reply: Callable[[bytes], bytes]) -> None:
+        self.reply = reply
+        self.connections = 0
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                try:
+                    conn.sendall(self.reply(head))
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.recv(4096)  # until the client has read and closed (or 5 s)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+
+
+def websocket_accept(head: bytes) -> bytes:
+    """The 101 answer to a WebSocket handshake (RFC 6455: the key's SHA-1 with the GUID)."""
+    key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head)
+    assert key is not None, head
+    digest = hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + base64.b64encode(digest) + b"\r\n\r\n"
+    )
+
+
+def websocket_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """A server's (unmasked) frame."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if len(payload) < 126:
+        head += bytes([len(payload)])
+    elif len(payload) < 1 << 16:
+        head += bytes([126]) + struct.pack("!H", len(payload))
+    else:
+        head += bytes([127]) + struct.pack("!Q", len(payload))
+    return head + payload
