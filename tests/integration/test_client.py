@@ -303,7 +303,8 @@ def test_sigint_while_waiting_for_the_next_price_stops_within_a_second(
     returncode, _, stderr = client.finish(timeout=10)
     assert time.monotonic() - sent < 1.0
     assert returncode == 0 and "Traceback" not in stderr
-    assert summary(stderr)["polls"] == 1
+    stats = summary(stderr)
+    assert stats["polls"] >= 1 and stats["failures"] == 0  # (a tick may have turned meanwhile)
 
 
 def test_sigterm_during_a_request_abandons_it_at_once() -> None:
