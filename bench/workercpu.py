@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from bench.bench import DURATION, free_port, redis_server, require, serve, targets, wrk
 from bench.procfs import children, cpu_of
@@ -31,14 +33,8 @@ def main() -> None:
     extra = dict(item.split("=", 1) for item in args.env)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     with redis_server() as uri, tempfile.TemporaryDirectory() as scratch:
-        redis_pid = int(
-            subprocess.run(
-                ["pgrep", "-f", f"redis-server 127.0.0.1:{uri.rsplit(':', 1)[1]}"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()[0]
-        )
+        server: dict[str, Any] = redis.Redis.from_url(uri).info("server")  # type: ignore[assignment]
+        redis_pid = int(server["process_id"])
         by_name = {t.name: t for t in targets(uri, Path(scratch))}
         for round_number in range(args.rounds):
             for worker_class in args.classes.split(","):
@@ -75,12 +71,12 @@ def main() -> None:
                     )
     print("\nmedians:")
     for label, runs in rows.items():
-        rps, worker, kernel, redis = (
+        rps, worker, kernel, redis_us = (
             statistics.median(column) for column in zip(*runs, strict=True)
         )
         print(
             f"{label:32s} {rps:8.0f} req/s  workers {worker:6.1f} us/request "
-            f"(kernel {kernel:5.1f})  redis-server {redis:5.1f} us/request"
+            f"(kernel {kernel:5.1f})  redis-server {redis_us:5.1f} us/request"
         )
 
 

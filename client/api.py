@@ -155,7 +155,7 @@ class PriceClient:
             with response:
                 content = read_bounded(response)
         except requests.Timeout:
-            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
+            raise timed_out(self.timeout) from None
         except requests.exceptions.ChunkedEncodingError:
             raise RetryableError(
                 "connection broken in the middle of the body", "connection"
@@ -163,9 +163,9 @@ class PriceClient:
         except requests.exceptions.ContentDecodingError:
             raise BadPayload("the body could not be decompressed") from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+            raise connection_failed(exc) from None
         except requests.RequestException as exc:
-            raise FatalError(f"request failed: {root_cause(exc)}", 0) from None
+            raise request_failed(exc) from None
         finally:
             self.in_flight = False
         latency = time.monotonic() - started
@@ -217,6 +217,21 @@ def status_error(status: int, content: bytes | None, retry_after: str | None) ->
     if status in RETRYABLE_STATUSES:
         return RetryableError(reason, f"http_{status}", status, parse_retry_after(retry_after))
     return FatalError(reason, status)
+
+
+def timed_out(seconds: float) -> RetryableError:
+    """A request, stream or handshake that got no answer within its timeout."""
+    return RetryableError(f"timed out after {seconds:g} s", "timeout")
+
+
+def connection_failed(exc: BaseException) -> RetryableError:
+    """A connection that could not be made, or broke before the answer."""
+    return RetryableError(f"connection failed: {root_cause(exc)}", "connection")
+
+
+def request_failed(exc: BaseException) -> FatalError:
+    """A request that could not be made at all (a bad URL, say): retrying cannot help."""
+    return FatalError(f"request failed: {root_cause(exc)}", 0)
 
 
 def root_cause(exc: BaseException) -> str:

@@ -20,13 +20,15 @@ import requests
 import websocket
 
 from client.api import (
-    FatalError,
     Fetched,
     RetryableError,
+    connection_failed,
     identifying_headers,
     read_bounded,
+    request_failed,
     root_cause,
     status_error,
+    timed_out,
 )
 from client.payload import BadPayload, parse_quotes
 from client.sse import Event, EventStream, split_lines
@@ -111,11 +113,11 @@ class SseClient(_PushClient):
                 timeout=(self.timeout, SILENCE_SECONDS),
             )
         except requests.Timeout:
-            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
+            raise timed_out(self.timeout) from None
         except requests.ConnectionError as exc:
-            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+            raise connection_failed(exc) from None
         except requests.RequestException as exc:
-            raise FatalError(f"request failed: {root_cause(exc)}", 0) from None
+            raise request_failed(exc) from None
         if response.status_code != 200:
             with response:
                 content = read_bounded(response)
@@ -171,9 +173,9 @@ class WebSocketClient(_PushClient):
             headers = exc.resp_headers or {}  # names in lower case
             raise status_error(exc.status_code, exc.resp_body, headers.get("retry-after")) from None
         except websocket.WebSocketTimeoutException:
-            raise RetryableError(f"timed out after {self.timeout:g} s", "timeout") from None
+            raise timed_out(self.timeout) from None
         except (websocket.WebSocketException, OSError) as exc:
-            raise RetryableError(f"connection failed: {root_cause(exc)}", "connection") from None
+            raise connection_failed(exc) from None
         ws.settimeout(SILENCE_SECONDS)
         self.connections += 1
         return ws

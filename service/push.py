@@ -96,7 +96,7 @@ class StreamSlots:
         if give_back is None:
             raise TooManyStreams(self._cap)
         self._metrics.streams_open.labels(transport).inc()
-        return Slot(functools.partial(self._give_back, give_back, transport), transport)
+        return Slot(functools.partial(self._give_back, give_back, transport))
 
     def _give_back(self, give_back: Callable[[], None], transport: str) -> None:
         give_back()
@@ -106,8 +106,8 @@ class StreamSlots:
 class Slot:
     """One open push connection's place; released once, however the connection ends."""
 
-    def __init__(self, give_back: Callable[[], None], transport: str) -> None:
-        self._give_back, self.transport = give_back, transport
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._give_back = give_back
         self._released = False
 
     def release(self) -> None:

@@ -15,6 +15,7 @@ from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from tests.integration.conftest import (
@@ -312,8 +313,6 @@ def test_checks_of_requests_served_together_share_a_redis_round_trip(
     """Under the gevent worker (the default), the limit checks of requests handled in the
     same turn of a worker's event loop go to Redis as one pipeline: far fewer reads on
     Redis's side than requests, and still one exact count per request."""
-    import redis
-
     service = start_service(
         WORKERS="2", RATE_LIMIT_STORAGE_URI=redis_storage.uri, RATE_LIMIT="1000/minute"
     )
