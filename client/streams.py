@@ -12,6 +12,8 @@ handling apply to connecting.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import websocket
 
 from client.api import (
     Fetched,
+    PollError,
     RetryableError,
     connection_failed,
     identifying_headers,
@@ -101,7 +104,9 @@ class SseClient(_PushClient):
         self._events: Iterator[Event] | None = None
 
     def _connect(self) -> Iterator[Event]:
-        headers = dict(self.headers)
+        # As EventSource asks: a server may then answer a refusal as an event stream (an
+        # ``error`` event and a ``retry``) rather than a status.
+        headers = {**self.headers, "Accept": "text/event-stream"}
         if self._stream.last_event_id:
             headers["Last-Event-ID"] = self._stream.last_event_id
         self.requests_sent += 1
@@ -134,7 +139,7 @@ class SseClient(_PushClient):
             if self._events is None:
                 self._events = self._connect()
             try:
-                return next(self._events).data
+                event = next(self._events)
             except StopIteration:
                 # The stream ended (its lifetime, or the server going away): reconnect
                 # after the server's retry hint, as EventSource does, and resume.
@@ -144,6 +149,22 @@ class SseClient(_PushClient):
             except (requests.RequestException, OSError) as exc:
                 self.close()
                 raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
+            if event.event == "error":
+                self.close()
+                raise self._refusal(event.data) from None
+            return event.data
+
+    def _refusal(self, data: str) -> PollError:
+        """A refusal sent as an event stream: its JSON error (with the status it stands
+        for), to be retried after the stream's ``retry``, as EventSource would."""
+        status = 503
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            said = json.loads(data).get("status")
+            if isinstance(said, int) and 400 <= said <= 599:
+                status = said
+        retry = self._stream.retry_ms
+        wait = None if retry is None else str(math.ceil(retry / 1000))
+        return status_error(status, data.encode(), wait)
 
     def close(self) -> None:
         if self._response is not None:
@@ -166,6 +187,7 @@ class WebSocketClient(_PushClient):
                 url,
                 timeout=self.timeout,
                 header=[f"{name}: {value}" for name, value in self.headers.items()],
+                suppress_origin=True,  # not a page: it speaks for no origin
             )
         except websocket.WebSocketBadStatusException as exc:
             # A refused handshake is an HTTP answer like a poll's: its status, its error

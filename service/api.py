@@ -146,6 +146,7 @@ def preferred_wait(prefer: str | None) -> int | None:
 def _hold_until_the_tick_turns(
     state: ServiceState, current: Current, polled: Polled, wait: int
 ) -> tuple[Polled, float]:
+    place = state.held.take()  # one of the worker's held connections, or 503 over_capacity
     deadline = time.monotonic() + wait
     state.metrics.long_polls_waiting.inc()
     try:
@@ -153,7 +154,7 @@ def _hold_until_the_tick_turns(
             now = state.feed.now()
             to_tick = polled.quotes[0].next_update_at - now
             left = deadline - time.monotonic()
-            if state.draining.wait(max(0.0, min(to_tick, left))):
+            if place.ended.wait(max(0.0, min(to_tick, left))):
                 raise ShuttingDown()
             if left <= 0:
                 return polled, state.feed.now()  # out of time: a 304
@@ -163,6 +164,7 @@ def _hold_until_the_tick_turns(
                 return turned, now
     finally:
         state.metrics.long_polls_waiting.dec()
+        place.release()
 
 
 @bp.get("/v1/prices/<symbol>/history")

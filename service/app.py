@@ -10,6 +10,7 @@ import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import api, errors, faults, ops, page, push
+from service.capacity import HeldConnections
 from service.config import Settings
 from service.feed import PriceFeed
 from service.instrumentation import Instrumentation, RoutedFlask
@@ -17,8 +18,8 @@ from service.limiting import CLIENT_CLASSES, RateLimiting
 from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
-from service.push import ProcessStreamLedger, StreamSlots
 from service.state import EXTENSION, ServiceState
+from service.stream_slots import ProcessStreamLedger, StreamSlots, lease_seconds
 
 
 def create_app(
@@ -41,16 +42,21 @@ def create_app(
         clock=clock,
     )
     limiting = RateLimiting(settings, metrics)
-    # A stream ends by itself after its lifetime: a place is leased that long, and a minute.
-    lease = settings.stream_lifetime_minutes * 60 + 60
-    ledger = limiting.stream_ledger(lease) or ProcessStreamLedger()
-    streams = StreamSlots(settings.max_streams_per_client, metrics, ledger)
-    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams)
+    held = HeldConnections(settings.held_cap)
+    ledger = limiting.stream_ledger(lease_seconds(settings.stream_heartbeat_seconds))
+    streams = StreamSlots(
+        settings.max_streams_per_client,
+        metrics,
+        ledger or ProcessStreamLedger(),
+        held,
+        retry_after=settings.stream_heartbeat_seconds,
+    )
+    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams, held)
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
-    push.init_app(app, settings.stream_heartbeat_seconds)
+    push.init_app(app)
     app.register_blueprint(page.bp)
     limiting.init_app(app, api.bp.name)
     limiting.init_app(app, push.bp.name)

@@ -155,6 +155,22 @@ def _parse_storage_uri(raw: str, name: str) -> str:
     return raw
 
 
+def _parse_origins(raw: str, name: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/").lower()
+        if origin == "*":
+            origins.append(origin)
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                name, f"expected origins such as 'https://example.com' or '*', got {item.strip()!r}"
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return tuple(origins)
+
+
 def _parse_api_keys(raw: str, name: str) -> tuple[ApiKey, ...]:
     keys: list[ApiKey] = []
     seen: set[bytes] = set()
@@ -235,6 +251,10 @@ class Settings:
     stream_heartbeat_seconds: float = setting(15.0, _float_between(0.5, 300.0))
     worker_class: str = setting("gevent", _one_of(WORKER_CLASSES))
     worker_connections: int = setting(2000, _int_between(1, 100_000))
+    # Streams and long-polls one worker holds at once; None: held_cap's default.
+    max_held_connections: int | None = setting(None, _int_between(0, 100_000))
+    # Origins (scheme://host[:port]) whose pages may open a WebSocket; empty: the service's own.
+    allowed_origins: tuple[str, ...] = setting((), _parse_origins)
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 
@@ -255,6 +275,33 @@ class Settings:
                 "many connections at once (WORKER_CONNECTIONS), or set "
                 "RATE_LIMIT_STORAGE_URI=redis://host:port to use more cores",
             )
+
+        if self.max_held_connections is not None and self.max_held_connections >= self.slots:
+            raise ConfigError(
+                "MAX_HELD_CONNECTIONS",
+                f"{self.max_held_connections} held streams and long-polls would take every one "
+                f"of a worker's {self.slots} connections ({self._slots_variable}), leaving none "
+                "for probes, polls and /metrics; set it below that",
+            )
+
+    @property
+    def slots(self) -> int:
+        """Requests one worker serves at once: its connections (gevent), or threads."""
+        if self.worker_class == "gevent":
+            return self.worker_connections
+        return min(self.threads, self.worker_connections)
+
+    @property
+    def _slots_variable(self) -> str:
+        return "WORKER_CONNECTIONS" if self.worker_class == "gevent" else "THREADS"
+
+    @property
+    def held_cap(self) -> int:
+        """Streams and long-polls one worker may hold: MAX_HELD_CONNECTIONS, or by default
+        its slots less a tenth (at least one) kept for probes, polls and scrapes."""
+        if self.max_held_connections is not None:
+            return self.max_held_connections
+        return self.slots - max(1, self.slots // 10)
 
     @property
     def default_symbol(self) -> str:

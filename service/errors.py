@@ -13,6 +13,7 @@ import flask
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from service.logs import get_logger
+from service.request_facts import facts_of
 
 log = get_logger(__name__)
 
@@ -55,8 +56,11 @@ def error_code(exc: HTTPException) -> str:
 
 
 def error_response(exc: HTTPException) -> flask.Response:
+    code = error_code(exc)
+    if flask.has_request_context():
+        facts_of(flask.request.environ).error = code
     body: dict[str, object] = {
-        "error": error_code(exc),
+        "error": code,
         "message": exc.description or exc.name,
     }
     if isinstance(exc, ApiError):

@@ -83,7 +83,7 @@ def post_worker_init(worker: Any) -> None:
     stop = worker.handle_exit
 
     def drain_then_stop(signum: int, frame: Any) -> None:
-        state.draining.set()
+        state.start_draining()
         stop(signum, frame)
 
     signal.signal(signal.SIGTERM, drain_then_stop)

@@ -23,7 +23,7 @@ import structlog
 from flask.ctx import RequestContext
 from structlog.typing import FilteringBoundLogger
 
-from service.metrics import Metrics
+from service.metrics import CONNECTION_REFUSALS, Metrics
 from service.request_facts import ENVIRON_KEY, RequestFacts, facts_of
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class Instrumentation:
             # No status: the application raised past Flask's own handling, or a WebSocket
             # took the connection over (and answered 101 itself).
             code = int(status[:3]) if status else (101 if facts.upgraded else 500)
+            code = facts.stands_for or code
             self._record(environ, facts, code, started, request_id)
             structlog.contextvars.reset_contextvars(**tokens)
 
@@ -105,10 +106,12 @@ class Instrumentation:
         seconds = time.perf_counter() - started
         route = facts.route
         method = environ.get("REQUEST_METHOD", "GET")
-        rate_limited = status == 429
+        rate_limited = facts.error == "rate_limited"
         self._metrics.observe_request(method, route, status, None if facts.held else seconds)
         if rate_limited and facts.client_class is not None:
             self._metrics.count_rate_limited(route, facts.client_class)
+        elif facts.error in CONNECTION_REFUSALS:
+            self._metrics.count_connection_refused(route, facts.error)
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
         path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         self._log.log(

@@ -105,6 +105,18 @@ return 1
 """
 
 
+# Every lease named in ARGV[2..] (those still held: XX) extended to a lease from now.
+RENEW_STREAMS = b"""
+local now = redis.call("time")
+local until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do
+    redis.call("zadd", KEYS[1], "XX", until_ms, ARGV[i])
+end
+redis.call("pexpire", KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class CountingFixedWindow(FixedWindowRateLimiter):
     """limits' fixed window, answering the window's state from the hit itself: with Redis,
     one command per request instead of three (INCR, then GET and TTL for the headers),
@@ -283,9 +295,11 @@ class RateLimiting:
 
 class SharedStreamLedger:
     """Places for open streams per client, counted in Redis so that the cap holds across
-    every worker and pod sharing it. Each place is a lease as long as a stream can live,
-    so the places of a worker that died without giving them back free themselves. A Redis
-    failure fails open (the stream opens, uncounted) or closed (503), as the limiter does."""
+    every worker and pod sharing it. Each place is a lease of ``lease_seconds`` that this
+    worker renews (in one pipeline for all its streams) every third of that while the
+    stream is open, so the places of a worker that died without giving them back free
+    themselves within a lease. A Redis failure fails open (the stream opens, uncounted) or
+    closed (503), as the limiter does."""
 
     def __init__(
         self,
@@ -296,9 +310,14 @@ class SharedStreamLedger:
     ) -> None:
         self._client = client
         self._claim = client.register_script(CLAIM_STREAM)
+        self._renew = client.register_script(RENEW_STREAMS)
+        self._lease_seconds = lease_seconds
         self._lease_ms = math.ceil(lease_seconds * 1000)
         self._errors = errors
         self._fail_open = fail_open
+        self._held: dict[str, set[str]] = {}  # key -> this worker's leases in it
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def claim(self, client: str, cap: int) -> Callable[[], None] | None:
         """Take one of ``client``'s ``cap`` places; returns how to give it back, or None
@@ -314,14 +333,46 @@ class SharedStreamLedger:
             raise StorageUnavailable() from None
         if not taken:
             return None
+        with self._lock:
+            self._held.setdefault(key, set()).add(lease)
+            if self._renewer is None:  # started in the worker that serves, not before a fork
+                self._renewer = threading.Thread(
+                    target=self._keep_renewing, name="stream-lease-renewer", daemon=True
+                )
+                self._renewer.start()
 
         def give_back() -> None:
+            with self._lock:
+                leases = self._held.get(key)
+                if leases is not None:
+                    leases.discard(lease)
+                    if not leases:
+                        del self._held[key]
             try:
                 self._client.zrem(key, lease)
             except Exception as exc:  # the lease runs out by itself
                 self._errors.record(exc)
 
         return give_back
+
+    def _keep_renewing(self) -> None:
+        while True:
+            time.sleep(self._lease_seconds / 3)
+            self.renew()
+
+    def renew(self) -> None:
+        """Extend every lease this worker holds by a whole lease, in one round trip."""
+        with self._lock:
+            held = [(key, sorted(leases)) for key, leases in self._held.items()]
+        if not held:
+            return
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            for key, leases in held:
+                self._renew([key], [self._lease_ms, *leases], client=pipeline)
+            pipeline.execute()
+        except Exception as exc:  # renewed at the next turn, if Redis is back by then
+            self._errors.record(exc)
 
 
 def _nothing_to_give_back() -> None:

@@ -48,6 +48,8 @@ LATENCY_BUCKETS = (
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 POLL_OUTCOMES = ("fresh", "not_modified")
 PUSH_TRANSPORTS = ("sse", "websocket")
+# Why a stream, WebSocket or long-poll was refused before it was held (its error code).
+CONNECTION_REFUSALS = ("too_many_streams", "over_capacity", "shutting_down", "forbidden_origin")
 
 
 class Metrics:
@@ -93,6 +95,14 @@ class Metrics:
             "stream_events_sent",
             "Price events sent on push connections, by transport (one per tick and stream).",
             ["transport"],
+            registry=own,
+        )
+        self.connections_refused = Counter(
+            "connections_refused",
+            "Streams, WebSockets and long-polls refused before they were held, by route and "
+            "reason: too_many_streams (the client's cap), over_capacity (the worker's), "
+            "shutting_down, forbidden_origin.",
+            ["route", "reason"],
             registry=own,
         )
         self.rate_limited = Counter(
@@ -175,6 +185,9 @@ class Metrics:
 
     def count_poll(self, symbol: str, outcome: str) -> None:
         self._child(self.polls, symbol, outcome).inc()
+
+    def count_connection_refused(self, route: str, reason: str) -> None:
+        self._child(self.connections_refused, route, reason).inc()
 
     def count_rate_limited(self, route: str, client_class: str) -> None:
         self._child(self.rate_limited, route, client_class).inc()

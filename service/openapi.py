@@ -62,18 +62,33 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
     }
 
 
-def _refusals() -> dict[str, Any]:
-    """What opening a stream may be refused with."""
-    return {
+def _refusals(websocket: bool = False) -> dict[str, Any]:
+    """What opening a stream may be refused with (an event stream's refusals go to
+    clients that do not ask for text/event-stream; those that do get a 200)."""
+    refusals = {
         "400": _error("Malformed parameter."),
         "401": _error("Unknown X-API-Key."),
         "404": _error("Unknown symbol."),
         "429": {
-            **_error("Rate limit exceeded, or MAX_STREAMS_PER_CLIENT open already."),
+            **_error(
+                "Rate limit exceeded (rate_limited), or MAX_STREAMS_PER_CLIENT open already "
+                "(too_many_streams: Retry-After is a heartbeat, within which a closed stream's "
+                "place is freed)."
+            ),
             "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
         },
-        "503": _error("Shutting down (Retry-After: 1), or the rate limit storage is down."),
+        "503": {
+            **_error(
+                "Shutting down (shutting_down, Retry-After: 1), the worker holds as many "
+                "streams and long-polls as it may (over_capacity, Retry-After 2-6), or the "
+                "rate limit storage is down (unavailable)."
+            ),
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        },
     }
+    if websocket:
+        refusals["403"] = _error("An Origin not allowed (ALLOWED_ORIGINS): forbidden_origin.")
+    return refusals
 
 
 def _get(
@@ -166,7 +181,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {
                     "200": {
                         "description": "An event stream (retry hint, events, heartbeat "
-                        "comments); it ends by itself after STREAM_LIFETIME_MINUTES.",
+                        "comments); it ends by itself after STREAM_LIFETIME_MINUTES. To a "
+                        "request with Accept: text/event-stream (as EventSource sends), a "
+                        "refusal is a 200 event stream too: a retry of the wait (jittered) "
+                        "and one `error` event whose data is the JSON error with its "
+                        "`status` (and `retry_after`), then the end; EventSource comes back "
+                        "after the retry by itself.",
                         "headers": {
                             "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
                             "RateLimit": {"$ref": "#/components/headers/RateLimit"},
@@ -176,7 +196,18 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                     **_refusals(),
                 },
-                [symbols_parameter, {"$ref": "#/components/parameters/Last-Event-ID"}],
+                [
+                    symbols_parameter,
+                    {"$ref": "#/components/parameters/Last-Event-ID"},
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "required": False,
+                        "description": "As Last-Event-ID, for a page that opens a new "
+                        "EventSource itself (it cannot set the header); the header wins.",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                    },
+                ],
                 keyed=True,
             ),
             "/v1/prices/ws": _get(
@@ -185,7 +216,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {
                     "101": {"description": "Switching to the WebSocket protocol."},
                     "400": _error("Not a WebSocket handshake."),
-                    **_refusals(),
+                    **_refusals(websocket=True),
                 },
                 [symbols_parameter],
                 keyed=True,

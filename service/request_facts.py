@@ -2,8 +2,9 @@
 records it (``service.instrumentation``): one small record in the WSGI environ.
 
 Whoever knows a fact writes it: the routing, which URL rule matched; the limiter, who the
-client is, its class and the rate-limit headers. The middleware reads the record once, at
-the end. No part reads another's data model, and nothing else crosses between them.
+client is, its class and the rate-limit headers; the error handler, which error it
+answered. The middleware reads the record once, at the end. No part reads another's data
+model, and nothing else crosses between them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class RequestFacts:
     client: str | None = None  # who is asking, as logged: an address or a key's fingerprint
     client_class: str | None = None  # the limiter's class of that client, a metric label
     headers: list[tuple[str, str]] = field(default_factory=list)  # for the response
+    error: str | None = None  # the error code answered, such as "rate_limited"
+    # A refusal sent to an EventSource as a 200 event stream: the status it stands for.
+    stands_for: int | None = None
     upgraded: bool = False  # a WebSocket took the connection over (it answered 101 itself)
     # The request's time is a session's or a long-poll's wait, not request latency: it is
     # counted but kept out of http_request_duration_seconds.

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 import flask
 
+from service.capacity import HeldConnections
+
 if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-client
     from service.config import Settings
     from service.feed import PriceFeed
     from service.limiting import RateLimiting
     from service.metrics import Metrics
-    from service.push import StreamSlots
+    from service.stream_slots import StreamSlots
 
 EXTENSION = "crypto_service"
 
@@ -25,9 +27,15 @@ class ServiceState:
     metrics: Metrics
     limiting: RateLimiting
     streams: StreamSlots
+    held: HeldConnections  # this worker's streams and long-polls, capped
     # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
     # the requests in flight finish.
     draining: threading.Event = field(default_factory=threading.Event)
+
+    def start_draining(self) -> None:
+        """Readiness off, new streams and long-polls refused, held ones ended."""
+        self.draining.set()
+        self.held.drain()
 
 
 def get_state(app: flask.Flask | None = None) -> ServiceState:

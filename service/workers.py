@@ -1,14 +1,22 @@
-"""gunicorn's gthread and gevent workers, answering their own errors in JSON.
+"""gunicorn's gthread and gevent workers, answering their own errors in JSON and dropping
+clients too slow to take a response quietly.
 
 gunicorn answers requests it cannot parse (an over-long request line, too many or too
 large headers, a malformed method...) before the app sees them, with an HTML page. The
 worker's ``handle_error`` hook is where that happens; this worker lets gunicorn classify
 the error and log it as usual, and only rewrites the page it sends into the service's
 JSON error shape.
+
+A push connection's writes carry a timeout (``service.push.PUSH_WRITE_TIMEOUT_SECONDS``);
+when a client takes no bytes for that long, the write raises TimeoutError inside the
+worker's ``handle_request``, which gunicorn would log as a socket error with a traceback.
+Here that is one line, and the connection is closed the way gunicorn closes one it is
+done with (StopIteration); so is a write that a draining worker cut.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import socket
@@ -17,6 +25,7 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.errors import snake_code
+from service.logs import get_logger
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 
@@ -50,7 +59,26 @@ class _JsonErrorSocket:
         return getattr(self._sock, name)
 
 
-class JsonErrorThreadWorker(ThreadWorker):  # type: ignore[misc]
+class _DropsSlowClients:
+    """Mixed into a gunicorn worker class: a write timing out ends the connection quietly."""
+
+    def handle_request(self, *args: Any) -> Any:
+        try:
+            return super().handle_request(*args)  # type: ignore[misc]
+        except TimeoutError:
+            get_logger("service.worker").info("client too slow to take the response: dropped")
+            raise StopIteration() from None
+        except OSError as exc:
+            # EBADF: the socket was shut down under a blocked write, as a draining worker
+            # does to the push connections that would not end (service.capacity); gevent
+            # says so with its cancel_wait_ex.
+            if exc.errno != errno.EBADF:
+                raise
+            get_logger("service.worker").info("connection cut while draining")
+            raise StopIteration() from None
+
+
+class JsonErrorThreadWorker(_DropsSlowClients, ThreadWorker):  # type: ignore[misc]
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, _JsonErrorSocket(client), addr, exc)
 
@@ -60,7 +88,7 @@ def _gevent_worker() -> type:
     # its run loop, which must not happen in a gthread service.
     from gunicorn.workers.ggevent import GeventWorker
 
-    class JsonErrorGeventWorker(GeventWorker):  # type: ignore[misc]
+    class JsonErrorGeventWorker(_DropsSlowClients, GeventWorker):  # type: ignore[misc]
         def handle_error(
             self, req: Any, client: socket.socket, addr: Any, exc: BaseException
         ) -> None:

@@ -175,21 +175,47 @@
     return Math.max(0.05, nextTickAt - (now() + offset)) + Math.random() * SPREAD;
   }
 
-  function sseLoop(current) {
+  // EventSource reconnects by itself after a broken stream, and after a refusal that the
+  // service sends as a 200 event stream (an "error" event, then the end, then its retry).
+  // Anything else that is not a 200 event stream (a proxy's 502 from before the service
+  // said so) closes it for good: then this starts a new one, with backoff, resuming after
+  // the last tick seen.
+  function sseLoop(current, failures = 0, lastId = "") {
+    if (!current.active) return;
     count("requests");
-    const source = new EventSource(`/v1/prices/stream?${query}`);
+    const resume = lastId ? `&last_event_id=${encodeURIComponent(lastId)}` : "";
+    const source = new EventSource(`/v1/prices/stream?${query}${resume}`);
     current.cancel.push(() => source.close());
-    source.onopen = () => { showNotice(""); };
     source.onmessage = (event) => {
+      failures = 0;
+      lastId = event.lastEventId || lastId;
+      showNotice("");
       count("bytes", new TextEncoder().encode(event.data).length + event.lastEventId.length + 12);
       show(JSON.parse(event.data), now());
     };
-    source.onerror = () => {
+    source.addEventListener("error", (event) => {
       if (!current.active) return;
+      if (typeof event.data === "string") { // the server's "error" event: a refusal
+        let refusal = {};
+        try { refusal = JSON.parse(event.data); } catch (error) { /* shown as unknown */ }
+        const status = refusal.status ? `HTTP ${refusal.status} ` : "";
+        const wait = refusal.retry_after ? ` in about ${refusal.retry_after} s` : " later";
+        showNotice(`The server refused the stream (${status}${refusal.error || "error"}); ` +
+          `the browser will try again${wait}.`);
+        return;
+      }
       count("reconnects");
+      if (source.readyState === EventSource.CLOSED) {
+        failures += 1;
+        const wait = backoff(failures);
+        showNotice(`The event stream failed; reconnecting in ${wait.toFixed(1)} s.`);
+        const timer = setTimeout(() => sseLoop(current, failures, lastId), wait * 1000);
+        current.cancel.push(() => clearTimeout(timer));
+        return;
+      }
       count("requests");
       showNotice("The event stream was interrupted; the browser is reconnecting.");
-    };
+    });
   }
 
   function websocketLoop(current, failures = 0) {

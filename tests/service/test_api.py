@@ -185,7 +185,7 @@ def test_a_long_poll_ends_at_once_when_the_service_starts_draining(make_app: App
     app = make_app(clock=lambda: PINNED_NOW)
     client = app.test_client()
     tag = client.get("/crypto-price").headers["ETag"]
-    threading.Timer(0.3, get_state(app).draining.set).start()
+    threading.Timer(0.3, get_state(app).start_draining).start()
     started = time.monotonic()
     held = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
     assert held.status_code == 503 and time.monotonic() - started < 2

@@ -1,0 +1,208 @@
+"""The server side of a push-only WebSocket, on wsproto's sans-I/O protocol engine and the
+connection's own socket (gunicorn hands it over in ``gunicorn.socket``).
+
+Built here rather than taken from simple-websocket (flask-sock's engine) because what a
+server needs against hostile and slow clients is what that one does not give: it buffers
+every message a client sends without bound and always accepts permessage-deflate (whose
+inflation wsproto does not bound), cuts frames on a short ``send()``, and lets a blocked
+send's TimeoutError reach the application. Here:
+
+* nothing is negotiated but the protocol itself: no compression, no subprotocol;
+* what a client sends is read and dropped; a message over ``MAX_MESSAGE_BYTES`` closes
+  the connection with 1009 (message too big) as soon as that much has arrived;
+* every frame goes out whole (``sendall``) or not at all: a client that does not take it
+  within the send timeout has its connection cut, and the caller is told so (``False``);
+* a ping every ``ping_interval``; a peer that has not answered the last one by the next,
+  or that closed its end, is gone at once: ``ended`` is set, which the sender waits on.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from contextlib import suppress
+from typing import Any
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from service.errors import ApiError
+
+MAX_MESSAGE_BYTES = 4096  # clients have nothing to say; what they do say stays small
+RECEIVE_BYTES = 4096
+CLOSE_WAIT_SECONDS = 1.0  # for the peer's answer to our close frame
+
+
+class NotAWebSocket(ApiError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(
+            400,
+            "bad_request",
+            f"Expected a WebSocket handshake (Upgrade: websocket) here: {problem}.",
+        )
+
+
+def handshake_request(environ: dict[str, Any]) -> bytes:
+    """The request as it came, rebuilt from the WSGI environ (the server has read it)."""
+    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} / HTTP/1.1"]
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = "-".join(part.capitalize() for part in key[5:].split("_"))
+            lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+class WebSocket:
+    """One accepted WebSocket. ``accept`` checks the handshake without sending a byte (so a
+    bad one is still an ordinary HTTP error); ``open`` sends the 101 and starts reading."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        connection: WSConnection,
+        *,
+        ping_interval: float,
+        send_timeout: float,
+        ended: threading.Event,
+    ) -> None:
+        self._sock = sock
+        self._connection = connection
+        self._ping_interval = ping_interval
+        self._send_timeout = send_timeout
+        self.ended = ended
+        self.close_code: int | None = None  # what ended it, when we know
+        self._sending = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._reader_done = threading.Event()
+        self._gone = False
+
+    @classmethod
+    def accept(
+        cls,
+        environ: dict[str, Any],
+        *,
+        ping_interval: float,
+        send_timeout: float,
+        ended: threading.Event,
+    ) -> WebSocket:
+        sock = environ.get("gunicorn.socket")
+        if sock is None:
+            raise ApiError(501, "not_implemented", "WebSockets are served under gunicorn only.")
+        connection = WSConnection(ConnectionType.SERVER)
+        try:
+            connection.receive_data(handshake_request(environ))
+            events = list(connection.events())
+        except RemoteProtocolError as exc:
+            raise NotAWebSocket(str(exc)) from None
+        if not (events and isinstance(events[0], Request)):
+            raise NotAWebSocket("incomplete handshake")
+        return cls(
+            sock, connection, ping_interval=ping_interval, send_timeout=send_timeout, ended=ended
+        )
+
+    def open(self) -> bool:
+        """Send the 101 (nothing negotiated) and start reading; False if that failed."""
+        self._sock.settimeout(self._send_timeout)
+        if not self._send(AcceptConnection()):
+            return False
+        self._reader = threading.Thread(target=self._read, name="websocket-reader", daemon=True)
+        self._reader.start()
+        return True
+
+    def send_text(self, text: str) -> bool:
+        """Send one whole text frame; False when the connection is gone (or was just cut)."""
+        return self._send(TextMessage(data=text))
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake, give the peer a moment to answer, then end."""
+        if self._send(CloseConnection(code=code, reason=reason)):
+            self.close_code = self.close_code or code
+            if self._reader is not None:
+                self._reader_done.wait(CLOSE_WAIT_SECONDS)
+        self.finish()
+
+    def finish(self) -> None:
+        """End the connection (if not already) and wait for the reader to stop."""
+        self._cut()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=CLOSE_WAIT_SECONDS)
+
+    def _send(self, event: Any) -> bool:
+        with self._sending:
+            if self._gone:
+                return False
+            try:
+                data = self._connection.send(event)
+                self._sock.sendall(data)
+                return True
+            except (OSError, LocalProtocolError):
+                # A timeout (the client stopped reading) or a connection already closed.
+                # Part of a frame may have gone out: nothing may follow it.
+                self._cut_locked()
+                return False
+
+    def _cut(self) -> None:
+        with self._sending:
+            self._cut_locked()
+
+    def _cut_locked(self) -> None:
+        if not self._gone:
+            self._gone = True
+            with suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        self.ended.set()
+
+    def _read(self) -> None:
+        """Read and answer what the client sends, ping it, and notice when it is gone."""
+        awaiting_pong = False
+        message_bytes = 0
+        try:
+            while not self._gone:
+                readable, _, _ = select.select([self._sock], [], [], self._ping_interval)
+                if not readable:
+                    if awaiting_pong:  # not answered in a whole interval: gone
+                        self.close_code = CloseReason.POLICY_VIOLATION
+                        break
+                    awaiting_pong = self._send(Ping())
+                    continue
+                data = self._sock.recv(RECEIVE_BYTES)
+                if not data:
+                    break
+                self._connection.receive_data(data)
+                for event in self._connection.events():
+                    if isinstance(event, Pong):
+                        awaiting_pong = False
+                    elif isinstance(event, Ping):
+                        self._send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        self.close_code = self.close_code or event.code
+                        if self._connection.state is ConnectionState.REMOTE_CLOSING:
+                            self._send(event.response())  # the peer closed: answer it
+                        elif self._connection.state is ConnectionState.OPEN:
+                            self._send(event)  # a protocol error: wsproto says which code
+                        return
+                    elif isinstance(event, Message):
+                        message_bytes += len(event.data)
+                        if message_bytes > MAX_MESSAGE_BYTES:
+                            self.close_code = CloseReason.MESSAGE_TOO_BIG
+                            self._send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "too big"))
+                            return
+                        if event.message_finished:
+                            message_bytes = 0  # read, and dropped: nothing is asked of it
+        except (OSError, ValueError, RemoteProtocolError, LocalProtocolError):
+            pass  # the connection is broken, or was cut under us: it is gone either way
+        finally:
+            self._reader_done.set()
+            self._cut()

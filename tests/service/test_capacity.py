@@ -1,0 +1,61 @@
+"""The worker's held connections: capped, given back once, all ended on drain, and those
+still open a moment later cut (their blocked writes fail at once)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from service.capacity import OVER_CAPACITY_RETRY_SECONDS, HeldConnections, OverCapacity
+
+
+def test_places_are_capped_and_given_back_once() -> None:
+    held = HeldConnections(2)
+    first, second = held.take(), held.take()
+    with pytest.raises(OverCapacity) as refused:
+        held.take()
+    assert refused.value.code == 503 and refused.value.error == "over_capacity"
+    retry_after = dict(refused.value.get_headers())["Retry-After"]
+    low, high = OVER_CAPACITY_RETRY_SECONDS
+    assert low <= int(retry_after) <= high
+    first.release()
+    first.release()  # twice: still one place given back
+    assert len(held) == 1
+    held.take()
+    with pytest.raises(OverCapacity):
+        held.take()
+    second.release()
+    assert len(held) == 1
+
+
+def test_draining_ends_every_place_and_new_ones_start_ended() -> None:
+    held = HeldConnections(10)
+    places = [held.take() for _ in range(3)]
+    held.drain()
+    assert all(place.ended.is_set() for place in places)
+    assert held.take().ended.is_set()
+
+
+def test_a_connection_still_open_after_the_drain_is_cut() -> None:
+    held = HeldConnections(10, cut_after=0.2)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        place = held.take(ours)
+        # A writer blocked on a peer that reads nothing: what the cut must undo.
+        ours.setblocking(False)
+        try:
+            while True:
+                ours.send(b"x" * 65536)
+        except BlockingIOError:
+            pass  # full
+        started = time.monotonic()
+        held.drain()
+        theirs.settimeout(5)
+        while theirs.recv(1 << 20):  # drain the buffer: then the end of the stream
+            pass
+        assert 0.15 < time.monotonic() - started < 3
+        with pytest.raises(BrokenPipeError):
+            ours.send(b"more")
+        assert place.ended.is_set()

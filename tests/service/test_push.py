@@ -1,0 +1,106 @@
+"""The push views in-process: a refusal is a 200 event stream to a client that asks for
+one (EventSource) and a status to others; what counts as asking; every stream's retry
+jittered; the tick iterator stops mid-replay once told to."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client.sse import EventStream, split_lines
+from service.push import SSE_RETRY_SECONDS, asks_for_event_stream, ticks
+from service.state import get_state
+from tests.conftest import PINNED_NOW, AppFactory
+
+EVENT_STREAM = {"Accept": "text/event-stream"}
+
+
+def events_of(body: bytes) -> tuple[EventStream, list[object]]:
+    stream = EventStream()
+    return stream, list(stream.feed(split_lines([body])))
+
+
+@pytest.mark.parametrize(
+    ("accept", "asks"),
+    [
+        ("text/event-stream", True),
+        ("text/html, text/event-stream;q=0.5", True),
+        ("TEXT/EVENT-STREAM", True),
+        ("text/event-stream;q=0", False),
+        ("*/*", False),
+        ("text/*", False),
+        ("application/json", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_what_counts_as_asking_for_an_event_stream(accept: str | None, asks: bool) -> None:
+    assert asks_for_event_stream(accept) is asks
+
+
+@given(st.text(max_size=300))
+def test_any_accept_header_is_read_without_error(accept: str) -> None:
+    assert asks_for_event_stream(accept) in (True, False)
+
+
+def test_a_refused_event_stream_is_a_200_with_the_error_and_the_wait(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(RATE_LIMIT="1/minute")
+    client = app.test_client()
+    assert client.get("/crypto-price").status_code == 200
+    refused = client.get("/v1/prices/stream", headers=EVENT_STREAM)
+    assert refused.status_code == 200
+    assert refused.headers["Content-Type"].startswith("text/event-stream")
+    wait = int(refused.headers["Retry-After"])
+    stream, events = events_of(refused.get_data())
+    (event,) = events
+    error = json.loads(event.data)  # type: ignore[attr-defined]
+    assert event.event == "error"  # type: ignore[attr-defined]
+    assert error["error"] == "rate_limited" and error["status"] == 429
+    assert error["retry_after"] == wait >= 1
+    assert stream.retry_ms is not None and wait * 1000 <= stream.retry_ms <= 2 * wait * 1000
+    plain = client.get("/v1/prices/stream")  # no Accept: the status itself
+    assert plain.status_code == 429 and plain.json["error"] == "rate_limited"  # type: ignore[index]
+
+
+def test_a_stream_asked_of_a_draining_worker_is_an_error_event_too(make_app: AppFactory) -> None:
+    app = make_app()
+    get_state(app).start_draining()
+    client = app.test_client()
+    answer = client.get("/v1/prices/stream?symbols=BTC", headers=EVENT_STREAM)
+    _, events = events_of(answer.get_data())
+    assert answer.status_code == 200
+    assert json.loads(events[0].data)["error"] == "shutting_down"  # type: ignore[attr-defined]
+    bad = client.get("/v1/prices/stream?symbols=NOPE", headers=EVENT_STREAM)
+    assert bad.status_code == 200  # even a bad request: EventSource reads nothing else
+    assert client.get("/v1/prices/stream").status_code == 503
+
+
+def test_each_stream_has_its_own_retry_of_at_least_the_base(make_app: AppFactory) -> None:
+    app = make_app(STREAM_LIFETIME_MINUTES="0.01", PRICE_TICK_SECONDS="60")
+    client = app.test_client()
+    retries = set()
+    for _ in range(8):
+        with client.get("/v1/prices/stream", headers=EVENT_STREAM) as answer:
+            first_line = next(answer.iter_encoded()).decode()
+        assert first_line.startswith("retry: ")
+        retries.add(int(first_line.split()[1]))
+    assert all(SSE_RETRY_SECONDS * 1000 <= r <= 2 * SSE_RETRY_SECONDS * 1000 for r in retries)
+    assert len(retries) > 1
+
+
+def test_the_tick_iterator_stops_mid_replay_once_told(make_app: AppFactory) -> None:
+    app = make_app(clock=lambda: PINNED_NOW)
+    state = get_state(app)
+    current = state.feed.tick_at(PINNED_NOW)
+    ended = threading.Event()
+    items = ticks(state, ["BTC"], after=current - 500, ended=ended)
+    first = [next(items) for _ in range(3)]
+    assert [item[0] for item in first if item] == [current - 499, current - 498, current - 497]
+    ended.set()
+    assert list(items) == []
