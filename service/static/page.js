@@ -186,8 +186,10 @@
     const resume = lastId ? `&last_event_id=${encodeURIComponent(lastId)}` : "";
     const source = new EventSource(`/v1/prices/stream?${query}${resume}`);
     current.cancel.push(() => source.close());
+    let refused = false; // the stream just ended was a refusal: its notice stays
     source.onmessage = (event) => {
       failures = 0;
+      refused = false;
       lastId = event.lastEventId || lastId;
       showNotice("");
       count("bytes", new TextEncoder().encode(event.data).length + event.lastEventId.length + 12);
@@ -202,6 +204,7 @@
         const wait = refusal.retry_after ? ` in about ${refusal.retry_after} s` : " later";
         showNotice(`The server refused the stream (${status}${refusal.error || "error"}); ` +
           `the browser will try again${wait}.`);
+        refused = true;
         return;
       }
       count("reconnects");
@@ -214,7 +217,7 @@
         return;
       }
       count("requests");
-      showNotice("The event stream was interrupted; the browser is reconnecting.");
+      if (!refused) showNotice("The event stream was interrupted; the browser is reconnecting.");
     });
   }
 

@@ -448,3 +448,49 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     yield start
     for prometheus in started:
         prometheus.stop()
+
+
+NGINX_SITE = Path(__file__).parents[2] / "deploy" / "nginx" / "crypto-service.conf"
+
+
+@contextmanager
+def nginx_in_front_of(upstream_port: int, workdir: Path) -> Iterator[str]:
+    """Debian's nginx with the recommended site (deploy/nginx/), only its two addresses
+    changed, proxying to ``upstream_port``; its URL. It needs no upstream to start."""
+    binary = require_binary("nginx")
+    port = free_port()
+    site = (
+        NGINX_SITE.read_text()
+        .replace("server 127.0.0.1:5000;", f"server {HOST}:{upstream_port};")
+        .replace("listen 8080;", f"listen {HOST}:{port};")
+    )
+    assert f"{HOST}:{upstream_port}" in site and f"{HOST}:{port}" in site
+    (workdir / "site.conf").write_text(site)
+    (workdir / "nginx.conf").write_text(
+        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n  access_log off;\n  client_body_temp_path body;\n  proxy_temp_path proxy;\n"
+        f"  include {workdir / 'site.conf'};\n}}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://{HOST}:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError((workdir / "error.log").read_text())
+        try:
+            requests.get(f"{url}/healthz", timeout=1)
+            return True
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(answers, 15, "nginx to answer")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -22,53 +22,15 @@ from tests.integration.conftest import (
     HOST,
     Service,
     ServiceFactory,
-    free_port,
-    require_binary,
-    wait_until,
+    nginx_in_front_of,
 )
-
-CONFIG = Path(__file__).parents[2] / "deploy" / "nginx" / "crypto-service.conf"
 
 
 @pytest.fixture
 def behind_nginx(start_service: ServiceFactory, tmp_path: Path) -> Iterator[tuple[Service, str]]:
-    binary = require_binary("nginx")
     service = start_service(PRICE_TICK_SECONDS="0.5", TRUSTED_PROXIES="1")
-    port = free_port()
-    site = (
-        CONFIG.read_text()
-        .replace("server 127.0.0.1:5000;", f"server {HOST}:{service.port};")
-        .replace("listen 8080;", f"listen {HOST}:{port};")
-    )
-    assert f"{HOST}:{service.port}" in site and f"{HOST}:{port}" in site
-    (tmp_path / "site.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
-        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n  access_log off;\n  client_body_temp_path body;\n  proxy_temp_path proxy;\n"
-        f"  include {tmp_path / 'site.conf'};\n}}\n"
-    )
-    process = subprocess.Popen(
-        [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://{HOST}:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise AssertionError((tmp_path / "error.log").read_text())
-        try:
-            return requests.get(f"{url}/readyz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_until(answers, 15, "nginx to proxy the service")
+    with nginx_in_front_of(service.port, tmp_path) as url:
         yield service, url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_events_pass_through_nginx_tick_by_tick(behind_nginx: tuple[Service, str]) -> None:

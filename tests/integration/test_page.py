@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 
-from tests.integration.conftest import ServiceFactory, free_port, require_binary, wait_until
+from tests.integration.conftest import (
+    ServiceFactory,
+    free_port,
+    nginx_in_front_of,
+    require_binary,
+    wait_until,
+)
 
 TICK = "1"
 
@@ -107,7 +114,9 @@ def test_the_page_shows_live_prices_with_a_clean_console_and_nothing_foreign(
         browser.save_screenshot(str(Path(target)))
 
 
-@pytest.mark.parametrize(("transport", "most_polls"), [("poll", None), ("sse", 0)])
+@pytest.mark.parametrize(
+    ("transport", "most_polls"), [("poll", None), ("sse", 0), ("websocket", 0)]
+)
 def test_poll_asks_about_once_a_tick_and_sse_holds_one_stream(
     start_service: ServiceFactory, browser: webdriver.Chrome, transport: str, most_polls: int | None
 ) -> None:
@@ -193,3 +202,83 @@ def test_a_hidden_tab_stops_polling_and_a_visible_one_resumes(
         10,
         "polling to resume once the tab is visible",
     )
+
+
+def wait_for_prices_after(
+    browser: webdriver.Chrome, tick: int, timeout: float, what: str
+) -> list[str]:
+    """Wait until every price is past ``tick`` and the notice is gone; every notice the
+    page showed meanwhile."""
+    notices: list[str] = []
+
+    def advanced() -> bool:
+        shown = state(browser)
+        if shown["notice"] and shown["notice"] not in notices:
+            notices.append(shown["notice"])
+        return not shown["notice"] and all(t and int(t) > tick for t in shown["ticks"])
+
+    wait_until(advanced, timeout, what)
+    return notices
+
+
+def mark_the_page(browser: webdriver.Chrome) -> None:
+    """A mark that a reload would wipe: the page must come back without one."""
+    browser.execute_script("window.notReloaded = true")
+
+
+def not_reloaded(browser: webdriver.Chrome) -> bool:
+    return bool(browser.execute_script("return window.notReloaded === true"))
+
+
+def test_the_page_on_sse_comes_back_by_itself_after_a_429(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK, RATE_LIMIT="12 per 6 seconds")
+    for _ in range(12):  # the browser's budget (same address) spent before it opens
+        requests.get(f"{service.url}/crypto-price", timeout=5)
+    browser.get(f"{service.url}/?transport=sse")
+    mark_the_page(browser)
+    notices = wait_for_prices_after(browser, 0, 40, "the stream to come back after its 429")
+    assert any("refused the stream (HTTP 429 rate_limited)" in n for n in notices), notices
+    assert not_reloaded(browser)
+    service.stop()
+    statuses = [served.status for served in service.served("/v1/prices/stream")]
+    assert statuses[:2] == [429, 200], statuses  # refused once, then back after the wait
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_the_page_comes_back_by_itself_after_a_restart(
+    start_service: ServiceFactory, browser: webdriver.Chrome, transport: str
+) -> None:
+    port = str(free_port())
+    service = start_service(PORT=port, PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/?transport={transport}")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    mark_the_page(browser)
+    assert service.stop() == 0
+    stalled = max(int(t) for t in state(browser)["ticks"])
+    time.sleep(2 * float(TICK))  # the browser finds nobody there, or a draining worker
+    start_service(PORT=port, PRICE_TICK_SECONDS=TICK)
+    wait_for_prices_after(browser, stalled, 40, "the page to come back by itself")
+    assert not_reloaded(browser)
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_the_page_comes_back_after_a_restart_behind_nginx(
+    start_service: ServiceFactory, browser: webdriver.Chrome, tmp_path: Path, transport: str
+) -> None:
+    port = free_port()
+    service = start_service(PORT=str(port), PRICE_TICK_SECONDS=TICK, TRUSTED_PROXIES="1")
+    with nginx_in_front_of(port, tmp_path) as url:
+        browser.get(f"{url}/?transport={transport}")
+        wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+        mark_the_page(browser)
+        assert service.stop() == 0
+        stalled = max(int(t) for t in state(browser)["ticks"])
+        said = "upstream_unavailable" if transport == "sse" else "WebSocket closed"
+        wait_until(
+            lambda: said in state(browser)["notice"], 20, "the page to say nginx found no service"
+        )
+        start_service(PORT=str(port), PRICE_TICK_SECONDS=TICK, TRUSTED_PROXIES="1")
+        wait_for_prices_after(browser, stalled, 40, "the page to come back through nginx")
+        assert not_reloaded(browser)

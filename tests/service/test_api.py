@@ -240,3 +240,15 @@ def test_any_if_none_match_with_a_long_poll_is_answered_never_500(
         return  # not a header a client can send
     response = app.test_client().get("/crypto-price", headers=headers)
     assert response.status_code in (200, 304), (response.status_code, headers)
+
+
+def test_a_long_poll_beyond_the_workers_held_connections_is_refused_with_503(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(clock=lambda: PINNED_NOW, MAX_HELD_CONNECTIONS="0")
+    client = app.test_client()
+    tag = client.get("/crypto-price").headers["ETag"]
+    refused = client.get("/crypto-price", headers={"If-None-Match": tag, "Prefer": "wait=30"})
+    assert refused.status_code == 503 and refused.json["error"] == "over_capacity"  # type: ignore[index]
+    assert 2 <= int(refused.headers["Retry-After"]) <= 6
+    assert client.get("/crypto-price", headers={"If-None-Match": tag}).status_code == 304

@@ -43,6 +43,10 @@ def test_no_configuration_at_all_gives_working_defaults() -> None:
         ("TRUSTED_PROXIES", "many", "expected an integer"),
         ("FAULT_ERROR_RATE", "2", "between 0 and 1"),
         ("API_KEYS", "short", "key #1 must be 16-256"),
+        ("MAX_HELD_CONNECTIONS", "2000", "leaving none for probes"),
+        ("MAX_HELD_CONNECTIONS", "lots", "expected an integer"),
+        ("ALLOWED_ORIGINS", "example.com", "expected origins"),
+        ("ALLOWED_ORIGINS", "https://a.example/page", "expected origins"),
     ],
 )
 def test_bad_value_names_the_variable(variable: str, value: str, fragment: str) -> None:
@@ -104,3 +108,18 @@ def test_every_setting_is_read_from_its_variable_and_described() -> None:
     assert (changed.port, changed.threads, changed.log_flush_seconds) == (6001, 3, 0.0)
     assert changed.fault_latency_ms == 5 and changed.host == defaults.host
     assert Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": "/m"}).metrics_dir == "/m"
+
+
+def test_held_connections_leave_a_tenth_of_a_workers_slots_free_by_default() -> None:
+    assert Settings.from_env({}).held_cap == 1800  # of WORKER_CONNECTIONS=2000
+    assert Settings.from_env({"WORKER_CONNECTIONS": "40"}).held_cap == 36
+    assert Settings.from_env({"WORKER_CLASS": "gthread", "THREADS": "8"}).held_cap == 7
+    assert Settings.from_env({"MAX_HELD_CONNECTIONS": "5"}).held_cap == 5
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WORKER_CLASS": "gthread", "MAX_HELD_CONNECTIONS": "8"})
+    assert caught.value.variable == "MAX_HELD_CONNECTIONS" and "THREADS" in str(caught.value)
+
+
+def test_allowed_origins_are_normalised() -> None:
+    settings = Settings.from_env({"ALLOWED_ORIGINS": "https://App.Example/, http://b.example:8080"})
+    assert settings.allowed_origins == ("https://app.example", "http://b.example:8080")
