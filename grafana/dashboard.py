@@ -255,6 +255,16 @@ def push_panels() -> list[timeseries.Panel | stat.Panel]:
             "short",
             query(f"sum(long_polls_waiting{{{SEL}}})", "waiting"),
         ),
+        graph(
+            "Streams and long-polls refused per second, by reason",
+            "Refused before they were held: too_many_streams (a client's cap), over_capacity "
+            "(a worker's MAX_HELD_CONNECTIONS: scale out), shutting_down, forbidden_origin.",
+            "ops",
+            query(
+                f"sum by (reason) (rate(connections_refused_total{{{SEL}}}{RATE}))",
+                "{{reason}}",
+            ),
+        ),
     ]
 
 

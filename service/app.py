@@ -65,7 +65,7 @@ def create_app(
         (
             rule.rule
             for rule in app.url_map.iter_rules()
-            if rule.endpoint.startswith(api.bp.name + ".")
+            if rule.endpoint.startswith((api.bp.name + ".", push.bp.name + "."))
         ),
         CLIENT_CLASSES,
     )

@@ -162,11 +162,14 @@ class Metrics:
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     def start_rate_limit_series(self, routes: Iterable[str], client_classes: Iterable[str]) -> None:
-        """Create the 429 counters of these routes and client classes at zero."""
+        """Create the 429 counters of these routes and client classes, and the refusal
+        counters of these routes, at zero."""
         classes = tuple(client_classes)
         for route in routes:
             for client_class in classes:
                 self.rate_limited.labels(route, client_class)
+            for reason in CONNECTION_REFUSALS:
+                self.connections_refused.labels(route, reason)
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, resolved once per label set rather than per request."""

@@ -142,10 +142,17 @@ def asks_for_event_stream(accept: str | None) -> bool:
     if not accept:
         return False
     for item in accept.split(","):
-        media, _, parameters = item.partition(";")
-        if media.strip().lower() == "text/event-stream":
-            quality = parameters.replace(" ", "").lower()
-            return "q=0" not in quality or any(c in "123456789" for c in quality)
+        media, *parameters = item.split(";")
+        if media.strip().lower() != "text/event-stream":
+            continue
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
     return False
 
 

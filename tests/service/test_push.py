@@ -31,6 +31,10 @@ def events_of(body: bytes) -> tuple[EventStream, list[object]]:
         ("text/html, text/event-stream;q=0.5", True),
         ("TEXT/EVENT-STREAM", True),
         ("text/event-stream;q=0", False),
+        ("text/event-stream; q=0.0; charset=utf-8", False),
+        ("text/event-stream;charset=utf-8", True),
+        ("text/event-stream;q=nan", False),
+        ("text/event-stream;q=x", False),
         ("*/*", False),
         ("text/*", False),
         ("application/json", False),
@@ -104,3 +108,23 @@ def test_the_tick_iterator_stops_mid_replay_once_told(make_app: AppFactory) -> N
     assert [item[0] for item in first if item] == [current - 499, current - 498, current - 497]
     ended.set()
     assert list(items) == []
+
+
+def test_every_refusal_of_an_event_stream_client_is_a_200_and_of_others_its_status(
+    make_app: AppFactory,
+) -> None:
+    client = make_app(API_KEYS="k" * 20, MAX_STREAMS_PER_CLIENT="1").test_client()
+    refusals = {
+        "/v1/prices/stream?symbols=NOPE": ({}, 404),
+        "/v1/prices/stream?symbols=b@d": ({}, 400),
+        "/v1/prices/stream": ({"X-API-Key": "x" * 20}, 401),
+    }
+    for url, (headers, status) in refusals.items():
+        plain = client.get(url, headers=headers)
+        assert plain.status_code == status, url
+        asked = client.get(url, headers={**headers, **EVENT_STREAM})
+        assert asked.status_code == 200, url
+        stream, events = events_of(asked.get_data())
+        error = json.loads(events[0].data)  # type: ignore[attr-defined]
+        assert error["status"] == status and "retry_after" not in error
+        assert stream.retry_ms is not None and stream.retry_ms >= 30_000  # not soon again
