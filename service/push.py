@@ -43,12 +43,14 @@ from service import errors
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
 from service.feed import HISTORY_MAX
+from service.logs import get_logger
 from service.request_facts import facts_of
 from service.state import ServiceState, get_state
 from service.stream_slots import Slot
 from service.websocket import WebSocket
 
 bp = flask.Blueprint("push", __name__)
+log = get_logger(__name__)
 
 SSE_RETRY_SECONDS = 2.0  # EventSource reconnects after this (times RETRY_JITTER)
 RETRY_JITTER = (1.0, 2.0)  # per connection, so a restart's reconnects spread over seconds
@@ -232,6 +234,8 @@ def websocket() -> flask.Response:
             ws.close(1001, "stream lifetime over or service shutting down")
     finally:
         ws.finish()
+    if ws.too_slow:
+        log.info("client too slow to take the response: dropped", transport="websocket")
     return HandedOver()
 
 

@@ -83,6 +83,7 @@ class WebSocket:
         self._send_timeout = send_timeout
         self.ended = ended
         self.close_code: int | None = None  # what ended it, when we know
+        self.too_slow = False  # a send timed out: the client stopped reading
         self._sending = threading.Lock()
         self._reader: threading.Thread | None = None
         self._reader_done = threading.Event()
@@ -147,6 +148,10 @@ class WebSocket:
                 data = self._connection.send(event)
                 self._sock.sendall(data)
                 return True
+            except TimeoutError:
+                self.too_slow = True
+                self._cut_locked()
+                return False
             except (OSError, LocalProtocolError):
                 # A timeout (the client stopped reading) or a connection already closed.
                 # Part of a frame may have gone out: nothing may follow it.
@@ -158,11 +163,11 @@ class WebSocket:
             self._cut_locked()
 
     def _cut_locked(self) -> None:
+        self.ended.set()
         if not self._gone:
             self._gone = True
             with suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-        self.ended.set()
 
     def _read(self) -> None:
         """Read and answer what the client sends, ping it, and notice when it is gone."""

@@ -212,7 +212,12 @@ def test_sigterm_with_a_stream_never_read_exits_well_within_the_graceful_timeout
 def test_a_websocket_reader_too_slow_is_closed_cleanly_with_no_500(
     start_service: ServiceFactory,
 ) -> None:
-    service = start_service(SYMBOLS=MANY_SYMBOLS, PRICE_TICK_SECONDS="0.1")
+    # 200 symbols every 0.1 s (200 KiB/s) fill the kernel's buffers in seconds; pings
+    # (every 300 s here) play no part: the sends alone must end it.
+    symbols = ",".join(f"S{n:03d}:{10 + n}" for n in range(200))
+    service = start_service(
+        SYMBOLS=symbols, PRICE_TICK_SECONDS="0.1", STREAM_HEARTBEAT_SECONDS="300"
+    )
     peer = WsPeer(service, buffer=SMALL_BUFFER)
     assert peer.status == 101
     with peer.sock:
@@ -237,6 +242,7 @@ def test_a_websocket_reader_too_slow_is_closed_cleanly_with_no_500(
     assert metric_500s(service) == 0
     logs = service.logs()
     assert "Traceback" not in logs and '"status":500' not in logs
+    assert "client too slow" in logs
 
 
 def test_a_closed_websockets_place_is_freed_within_a_heartbeat(
