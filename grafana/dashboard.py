@@ -256,6 +256,27 @@ def push_panels() -> list[timeseries.Panel | stat.Panel]:
             query(f"sum(long_polls_waiting{{{SEL}}})", "waiting"),
         ),
         graph(
+            "Tick fan-out time, p99",
+            "Per worker and tick, the time from handing the tick to the first push connection "
+            "to the last (one render per symbol set, the same bytes for every connection).",
+            "s",
+            query(
+                "histogram_quantile(0.99, sum by (le) "
+                f"(rate(stream_fanout_seconds_bucket{{{SEL}}}{RATE})))",
+                "p99",
+            ),
+        ),
+        graph(
+            "Push connections ended per second, by reason",
+            "lifetime, draining, gone (the client left), slow_consumer (fell a queue of ticks "
+            "behind), too_slow (a write timed out).",
+            "ops",
+            query(
+                f"sum by (reason) (rate(stream_ends_total{{{SEL}}}{RATE}))",
+                "{{reason}}",
+            ),
+        ),
+        graph(
             "Streams and long-polls refused per second, by reason",
             "Refused before they were held: too_many_streams (a client's cap), over_capacity "
             "(a worker's MAX_HELD_CONNECTIONS: scale out), shutting_down, forbidden_origin.",

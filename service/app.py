@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from service import api, errors, faults, ops, page, push
 from service.capacity import HeldConnections
 from service.config import Settings
+from service.fanout import Hub
 from service.feed import PriceFeed
 from service.instrumentation import Instrumentation, RoutedFlask
 from service.limiting import CLIENT_CLASSES, RateLimiting
@@ -51,7 +52,14 @@ def create_app(
         held,
         retry_after=settings.stream_heartbeat_seconds,
     )
-    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams, held)
+    hub = Hub(
+        lambda symbols, tick, now: push.document(feed, symbols, tick, now),
+        settings.price_tick_seconds,
+        settings.stream_heartbeat_seconds,
+        clock=clock,
+        on_fanout=metrics.observe_fanout,
+    )
+    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams, held, hub)
 
     errors.init_app(app)
     app.register_blueprint(api.bp)

@@ -15,6 +15,7 @@ are cut, so that the worker exits well within ``GRACEFUL_TIMEOUT`` whatever the 
 from __future__ import annotations
 
 import random
+import resource
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from contextlib import suppress
 
 from service.errors import ApiError
 
+FILES_BESIDE_CONNECTIONS = 64  # listeners, logs, metric files, Redis: besides the clients
 CUT_AFTER_SECONDS = 1.0  # after the drain began: time enough for a stream to end cleanly
 OVER_CAPACITY_RETRY_SECONDS = (2, 6)  # Retry-After, drawn per answer to spread the retries
 
@@ -117,3 +119,25 @@ class HeldConnections:
     def _give_back(self, place: Held) -> None:
         with self._lock:
             self._held.discard(place)
+
+
+def raise_open_file_limit(connections: int) -> str | None:
+    """Raise this process's soft limit on open files to its hard limit (the workers forked
+    after inherit it): each connection a worker holds is a file. A warning naming both
+    when even that cannot hold ``connections``, else None."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    needed = connections + FILES_BESIDE_CONNECTIONS
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    return (
+        f"the open-file limit (RLIMIT_NOFILE {soft}, hard {hard}) is below what "
+        f"WORKER_CONNECTIONS={connections} needs ({needed}): connections beyond it will be "
+        "refused; raise the limit (ulimit -n, systemd LimitNOFILE, the container's nofile) "
+        "or lower WORKER_CONNECTIONS"
+    )

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from service.capacity import raise_open_file_limit
 from service.config import METRICS_DIR_VARIABLE, ConfigError, Settings
 from service.logs import configure_logging, get_logger, logging_config_dict
 from service.state import get_state
@@ -74,7 +75,11 @@ def on_starting(server: Any) -> None:
     # Files left by an earlier run would resurrect its counters: start from zero.
     for stale in path.glob("*.db"):
         stale.unlink()
-    get_logger("service.startup").info("starting crypto-service", **settings.describe())
+    log = get_logger("service.startup")
+    log.info("starting crypto-service", **settings.describe())
+    problem = raise_open_file_limit(settings.worker_connections)
+    if problem is not None:
+        log.warning(problem)
 
 
 def post_worker_init(worker: Any) -> None:

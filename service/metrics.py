@@ -45,6 +45,8 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+FANOUT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+STREAM_END_REASONS = ("lifetime", "draining", "gone", "slow_consumer", "too_slow")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 POLL_OUTCOMES = ("fresh", "not_modified")
 PUSH_TRANSPORTS = ("sse", "websocket")
@@ -105,6 +107,20 @@ class Metrics:
             ["route", "reason"],
             registry=own,
         )
+        self.fanout = Histogram(
+            "stream_fanout_seconds",
+            "Time one tick's fan-out took to hand the tick to every push connection of a "
+            "worker (from the first connection to the last).",
+            buckets=FANOUT_BUCKETS,
+            registry=own,
+        )
+        self.stream_ends = Counter(
+            "stream_ends",
+            "Push connections ended, by transport and reason: lifetime, draining, gone (the "
+            "client left), slow_consumer (fell a queue behind), too_slow (a write timed out).",
+            ["transport", "reason"],
+            registry=own,
+        )
         self.rate_limited = Counter(
             "http_requests_rate_limited",
             "Requests refused with 429 by the rate limiter, by route and client class.",
@@ -156,6 +172,8 @@ class Metrics:
         for transport in PUSH_TRANSPORTS:
             self.streams_open.labels(transport)
             self.stream_events.labels(transport)
+            for reason in STREAM_END_REASONS:
+                self.stream_ends.labels(transport, reason)
         for symbol in symbols:
             for outcome in POLL_OUTCOMES:
                 self.polls.labels(symbol, outcome)
@@ -188,6 +206,12 @@ class Metrics:
 
     def count_poll(self, symbol: str, outcome: str) -> None:
         self._child(self.polls, symbol, outcome).inc()
+
+    def observe_fanout(self, seconds: float, delivered: int) -> None:
+        self.fanout.observe(seconds)
+
+    def count_stream_end(self, transport: str, reason: str) -> None:
+        self._child(self.stream_ends, transport, reason).inc()
 
     def count_connection_refused(self, route: str, reason: str) -> None:
         self._child(self.connections_refused, route, reason).inc()

@@ -30,9 +30,8 @@ import json
 import math
 import random
 import socket
-import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,7 +41,8 @@ from werkzeug.exceptions import HTTPException
 from service import errors
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
-from service.feed import HISTORY_MAX
+from service.fanout import HEARTBEAT, REPLAY_YIELD_EVERY, Rendered, Subscription
+from service.feed import HISTORY_MAX, PriceFeed
 from service.logs import get_logger
 from service.request_facts import facts_of
 from service.state import ServiceState, get_state
@@ -219,31 +219,39 @@ def websocket() -> flask.Response:
     )
     facts = facts_of(environ)
     facts.upgraded = facts.held = True
-    if not ws.open():
-        ws.finish()
-        return HandedOver()
-    sent = state.metrics.stream_events.labels("websocket")
+    subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
     try:
-        for item in ticks(state, symbols, after=None, ended=slot.ended):
-            if item is None:
-                continue  # WebSocket pings keep the connection; no heartbeat frame needed
-            if not ws.send_text(item[1]):
-                break  # too slow, or gone
-            sent.inc()
-        else:
-            ws.close(1001, "stream lifetime over or service shutting down")
+        if ws.open(on_gone=lambda: subscription.end("gone")):
+            _push_to(ws, state, subscription)
     finally:
         ws.finish()
+        state.hub.unsubscribe(subscription)
+    reason = "too_slow" if ws.too_slow else subscription.reason or "lifetime"
+    state.metrics.count_stream_end("websocket", reason)
     if ws.too_slow:
         log.info("client too slow to take the response: dropped", transport="websocket")
     return HandedOver()
 
 
+def _push_to(ws: WebSocket, state: ServiceState, subscription: Subscription) -> None:
+    sent = state.metrics.stream_events.labels("websocket")
+    for item in pushed(state, subscription, after=None):
+        if item is HEARTBEAT:
+            continue  # WebSocket pings keep the connection; no heartbeat frame needed
+        if not ws.send_frame(item.frame):
+            return  # too slow, or gone
+        sent.inc()
+    if subscription.reason == "slow_consumer":
+        ws.close(1013, "too far behind: connect again")  # "try again later"
+    elif subscription.reason != "gone":
+        ws.close(1001, "stream lifetime over or service shutting down")
+
+
 class SseStream:
     """The event stream as a WSGI iterable whose ``close`` (called by the server when the
-    response ends, the client gone or not) releases the slot. While it lasts, every write
-    to the connection's socket must finish within PUSH_WRITE_TIMEOUT_SECONDS (the worker
-    drops the connection when one does not)."""
+    response ends, the client gone or not) releases the slot and the subscription. While
+    it lasts, every write to the connection's socket must finish within
+    PUSH_WRITE_TIMEOUT_SECONDS (the worker drops the connection when one does not)."""
 
     def __init__(
         self,
@@ -253,7 +261,11 @@ class SseStream:
         slot: Slot,
         sock: socket.socket | None,
     ):
-        self._events = self._render(state, symbols, after, slot.ended)
+        self._hub = state.hub
+        self._metrics = state.metrics
+        self._subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
+        self._finished = False
+        self._events = self._render(state, after)
         self._slot = slot
         self._sock = sock
         self._timeout_before = None if sock is None else sock.gettimeout()
@@ -265,71 +277,76 @@ class SseStream:
 
     def close(self) -> None:
         self._events.close()
+        self._hub.unsubscribe(self._subscription)
         self._slot.release()
+        ended_by = self._subscription.reason or ("lifetime" if self._finished else "gone")
+        self._metrics.count_stream_end("sse", ended_by)
         if self._sock is not None:  # a kept-alive connection waits for its next request
             with contextlib.suppress(OSError):  # cut, or closed
                 self._sock.settimeout(self._timeout_before)
 
-    @staticmethod
-    def _render(
-        state: ServiceState, symbols: list[str], after: int | None, ended: threading.Event
-    ) -> Generator[bytes, None, None]:
+    def _render(self, state: ServiceState, after: int | None) -> Generator[bytes, None, None]:
         yield f"retry: {retry_ms(SSE_RETRY_SECONDS)}\n\n".encode()
         events = state.metrics.stream_events.labels("sse")
-        for item in ticks(state, symbols, after, ended):
-            if item is None:
-                yield b": heartbeat\n\n"
-                continue
-            tick, document = item
-            yield f"id: {tick}\ndata: {document}\n\n".encode()
-            events.inc()
+        for item in pushed(state, self._subscription, after):
+            yield item.sse
+            if item is not HEARTBEAT:
+                events.inc()
+        self._finished = True
 
 
-def ticks(
-    state: ServiceState, symbols: list[str], after: int | None, ended: threading.Event
-) -> Iterator[tuple[int, str] | None]:
-    """``(tick, document)`` for every tick after ``after`` (the current one when None; at
-    most HISTORY_MAX back), then each new tick as it starts; ``None`` when a heartbeat's time
-    passed without one. Ends after the stream lifetime, or once ``ended`` is set (the
-    service drains, or the peer is gone), checked before every item: a replay sent to a
-    slow reader ends on time too."""
-    feed = state.feed
-    heartbeat = state.settings.stream_heartbeat_seconds
+def pushed(
+    state: ServiceState, subscription: Subscription, after: int | None
+) -> Iterator[Rendered]:
+    """What a push connection sends: every tick after ``after`` (the current one when
+    None; at most HISTORY_MAX back) from the fan-out's cache of rendered ticks, then each
+    tick as the fan-out publishes it, and heartbeats. The subscription joins the fan-out
+    only once the replay is written, so that a long replay does not fill its queue
+    meanwhile; the ticks published during the replay come from the cache: none is
+    skipped, none sent twice. A replay yields to the event loop as it goes. Ends after
+    the stream lifetime, when the worker drains, or once the subscription ends (a slow
+    consumer, a client gone), checked before every item: a replay to a slow reader ends
+    on time too."""
+    hub, key = state.hub, subscription.key
     ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
 
     def over() -> bool:
-        return ended.is_set() or time.monotonic() >= ends
+        return (
+            subscription.reason is not None or state.draining.is_set() or time.monotonic() >= ends
+        )
 
-    now = feed.now()
-    current = feed.tick_at(now)
-    first = current if after is None else max(after + 1, current - HISTORY_MAX + 1)
-    for tick in range(first, current + 1):
-        if over():
-            return
-        yield tick, document(state, symbols, tick, now)
-    last, quiet_since = current, time.monotonic()
-    while True:
-        until_tick = (last + 1) * feed.tick_seconds - feed.now()
-        until_heartbeat = quiet_since + heartbeat - time.monotonic()
-        left = ends - time.monotonic()
-        if left <= 0 or ended.wait(max(0.0, min(until_tick, until_heartbeat, left))):
-            return
-        now = feed.now()
-        current = feed.tick_at(now)
-        if current > last:
-            for tick in range(last + 1, current + 1):  # a slow wake-up skips none
+    current = hub.tick_at(state.feed.now())
+    last = (current if after is None else max(after + 1, current - HISTORY_MAX + 1)) - 1
+
+    def from_cache(until: int) -> Iterator[Rendered]:
+        nonlocal last
+        while last < until and not over():
+            last += 1
+            yield hub.rendered(key, last)
+            if last % REPLAY_YIELD_EVERY == 0:
+                time.sleep(0)  # under gevent: let the other connections run
+
+    yield from from_cache(current)
+    hub.attach(subscription)
+    yield from from_cache(hub.tick_at(state.feed.now()))
+    while not over():
+        for item in subscription.take():
+            if over():
+                return
+            if item is HEARTBEAT:
+                yield item
+            elif item.tick > last:
+                yield from from_cache(item.tick - 1)
                 if over():
                     return
-                yield tick, document(state, symbols, tick, now)
-            last, quiet_since = current, time.monotonic()
-        elif time.monotonic() - quiet_since >= heartbeat:
-            yield None
-            quiet_since = time.monotonic()
+                last = item.tick
+                yield item
 
 
-def document(state: ServiceState, symbols: list[str], tick: int, now: float) -> str:
-    """The /v1/prices document of ``tick``, stamped ``now``."""
-    quotes = tuple(state.feed.at_tick(symbol, tick, now) for symbol in symbols)
+def document(feed: PriceFeed, symbols: Iterable[str], tick: int, now: float) -> str:
+    """The /v1/prices document of ``tick``, stamped ``now`` (for a pushed tick: when the
+    fan-out published it)."""
+    quotes = tuple(feed.at_tick(symbol, tick, now) for symbol in symbols)
     return f"{batch_prefix(quotes)}{now!r}}}"
 
 

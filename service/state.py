@@ -12,6 +12,7 @@ from service.capacity import HeldConnections
 
 if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-client
     from service.config import Settings
+    from service.fanout import Hub
     from service.feed import PriceFeed
     from service.limiting import RateLimiting
     from service.metrics import Metrics
@@ -28,6 +29,7 @@ class ServiceState:
     limiting: RateLimiting
     streams: StreamSlots
     held: HeldConnections  # this worker's streams and long-polls, capped
+    hub: Hub  # the fan-out of ticks to this worker's push connections
     # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
     # the requests in flight finish.
     draining: threading.Event = field(default_factory=threading.Event)
@@ -35,6 +37,7 @@ class ServiceState:
     def start_draining(self) -> None:
         """Readiness off, new streams and long-polls refused, held ones ended."""
         self.draining.set()
+        self.hub.drain()
         self.held.drain()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -88,6 +89,7 @@ class WebSocket:
         self._reader: threading.Thread | None = None
         self._reader_done = threading.Event()
         self._gone = False
+        self._on_gone: Callable[[], None] | None = None
 
     @classmethod
     def accept(
@@ -113,8 +115,10 @@ class WebSocket:
             sock, connection, ping_interval=ping_interval, send_timeout=send_timeout, ended=ended
         )
 
-    def open(self) -> bool:
-        """Send the 101 (nothing negotiated) and start reading; False if that failed."""
+    def open(self, on_gone: Callable[[], None] | None = None) -> bool:
+        """Send the 101 (nothing negotiated) and start reading; False if that failed.
+        ``on_gone`` is called once the connection is gone, whoever noticed."""
+        self._on_gone = on_gone
         self._sock.settimeout(self._send_timeout)
         if not self._send(AcceptConnection()):
             return False
@@ -125,6 +129,22 @@ class WebSocket:
     def send_text(self, text: str) -> bool:
         """Send one whole text frame; False when the connection is gone (or was just cut)."""
         return self._send(TextMessage(data=text))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Send a frame already encoded (the fan-out encodes each tick's once for every
+        connection); False when the connection is gone (or was just cut)."""
+        with self._sending:
+            if self._gone:
+                return False
+            try:
+                self._sock.sendall(frame)
+                return True
+            except TimeoutError:
+                self.too_slow = True
+            except OSError:
+                pass
+            self._cut_locked()
+            return False
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake, give the peer a moment to answer, then end."""
@@ -168,6 +188,8 @@ class WebSocket:
             self._gone = True
             with suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
+            if self._on_gone is not None:
+                self._on_gone()
 
     def _read(self) -> None:
         """Read and answer what the client sends, ping it, and notice when it is gone."""

@@ -29,6 +29,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
+from client.sse import EventStream, split_lines
 from tests.integration.conftest import HOST, RedisServer, Service, ServiceFactory, wait_until
 
 # Twenty symbols: a document of about 2 KiB, so that a replay of 1,000 ticks (2 MiB) is
@@ -336,3 +337,50 @@ def test_a_refused_event_stream_is_a_200_to_event_stream_clients_and_a_429_to_ot
     assert service.metric("http_requests_rate_limited_total", route="/v1/prices/stream") == 2
     service.stop()  # the access log complete
     assert [s.status for s in service.served("/v1/prices/stream")] == [429, 429]
+
+
+def test_far_behind_clients_that_never_read_hold_up_no_other_stream(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(
+        SYMBOLS=MANY_SYMBOLS,
+        PRICE_TICK_SECONDS="0.2",
+        RATE_LIMIT="100000/minute",
+        MAX_STREAMS_PER_CLIENT="1000",
+    )
+    with ExitStack() as stack:
+        for _ in range(30):  # each asks for 999 ticks back, and reads nothing
+            stack.enter_context(never_read_replay(service))
+        wait_until(
+            lambda: service.metric("http_requests_total", route="/v1/prices/stream") == 30,
+            20,
+            "the replays to be asked for",
+        )
+        arrivals: list[tuple[int, float]] = []  # (tick, seen - tick start)
+        url = f"{service.url}/v1/prices/stream?symbols=S00"
+        with requests.get(url, stream=True, timeout=(5, 30)) as reply:
+            for event in EventStream().feed(split_lines(reply.iter_content(chunk_size=None))):
+                tick = int(event.last_event_id)
+                arrivals.append((tick, time.time() - tick * 0.2))
+                if len(arrivals) == 25:
+                    break
+    ticks = [tick for tick, _ in arrivals]
+    assert ticks == list(range(ticks[0], ticks[0] + 25))  # none missed, none twice
+    delays = sorted(delay for _, delay in arrivals[1:])  # the first is the current tick
+    assert delays[-2] < 0.3, delays  # each as it starts, whatever the others do
+
+
+def test_a_consumer_that_falls_a_queue_behind_is_ended_and_counted(
+    start_service: ServiceFactory,
+) -> None:
+    symbols = ",".join(f"S{n:03d}:{10 + n}" for n in range(200))  # about 20 KiB a tick
+    service = start_service(SYMBOLS=symbols, PRICE_TICK_SECONDS="0.1")
+    with open_stream(service, "/v1/prices/stream", buffer=SMALL_BUFFER) as sock:
+        assert status_of(sock)[0] == 200
+
+        def ended_as_slow() -> bool:
+            sock.recv(4096)  # reading, but 4 KiB at a time: less than a tick a tick
+            return service.metric("stream_ends_total", reason="slow_consumer") == 1
+
+        wait_until(ended_as_slow, 30, "the slow consumer to be ended")
+    assert service.metric("stream_ends_total", reason="too_slow") == 0

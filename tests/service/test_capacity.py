@@ -3,7 +3,10 @@ still open a moment later cut (their blocked writes fail at once)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -59,3 +62,37 @@ def test_a_connection_still_open_after_the_drain_is_cut() -> None:
         with pytest.raises(BrokenPipeError):
             ours.send(b"more")
         assert place.ended.is_set()
+
+
+LOWERED = (
+    "import json, resource\n"
+    "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+    "from service.capacity import raise_open_file_limit\n"
+    "problem = raise_open_file_limit({connections})\n"
+    "print(json.dumps([problem, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard]))\n"
+)
+
+
+def open_file_limit_after(connections: int) -> tuple[str | None, int, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", LOWERED.format(connections=connections)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    problem, soft, hard = json.loads(result.stdout)
+    return problem, soft, hard
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    problem, soft, hard = open_file_limit_after(connections=100)
+    assert soft == hard and problem is None
+
+
+def test_a_hard_limit_too_low_for_the_connections_is_named_with_them() -> None:
+    _, _, hard = open_file_limit_after(connections=100)
+    problem, _, _ = open_file_limit_after(connections=hard)
+    assert problem is not None
+    assert "RLIMIT_NOFILE" in problem and f"WORKER_CONNECTIONS={hard}" in problem

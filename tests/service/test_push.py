@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from client.sse import EventStream, split_lines
-from service.push import SSE_RETRY_SECONDS, asks_for_event_stream, ticks
+from service.fanout import Subscription
+from service.push import SSE_RETRY_SECONDS, asks_for_event_stream, pushed
 from service.state import get_state
 from tests.conftest import PINNED_NOW, AppFactory
 
@@ -98,16 +100,48 @@ def test_each_stream_has_its_own_retry_of_at_least_the_base(make_app: AppFactory
     assert len(retries) > 1
 
 
-def test_the_tick_iterator_stops_mid_replay_once_told(make_app: AppFactory) -> None:
+def test_a_replay_stops_mid_way_once_the_subscription_ends(make_app: AppFactory) -> None:
     app = make_app(clock=lambda: PINNED_NOW)
     state = get_state(app)
     current = state.feed.tick_at(PINNED_NOW)
-    ended = threading.Event()
-    items = ticks(state, ["BTC"], after=current - 500, ended=ended)
+    subscription = Subscription(("BTC",))
+    items = pushed(state, subscription, after=current - 500)
     first = [next(items) for _ in range(3)]
-    assert [item[0] for item in first if item] == [current - 499, current - 498, current - 497]
-    ended.set()
+    assert [item.tick for item in first] == [current - 499, current - 498, current - 497]
+    subscription.end("draining")
     assert list(items) == []
+
+
+def test_ticks_published_before_a_connection_subscribed_come_from_the_cache_once(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(clock=lambda: PINNED_NOW)
+    state = get_state(app)
+    current = state.feed.tick_at(PINNED_NOW)
+    subscription = Subscription(("BTC",))
+    items = pushed(state, subscription, after=None)
+    assert next(items).tick == current
+    seen: list[int] = []
+    consumer = threading.Thread(target=lambda: seen.extend(next(items).tick for _ in range(2)))
+    consumer.start()
+    wait = time.monotonic() + 5
+    while len(state.hub) == 0 and time.monotonic() < wait:  # until it joined the fan-out
+        time.sleep(0.01)
+    state.hub.publish(current)  # already sent: not again
+    state.hub.publish(current + 2)  # current + 1 was never handed to it: from the cache
+    consumer.join(timeout=5)
+    assert seen == [current + 1, current + 2]
+
+
+def test_far_behind_clients_share_one_render_of_each_past_tick(make_app: AppFactory) -> None:
+    app = make_app(clock=lambda: PINNED_NOW)
+    state = get_state(app)
+    current = state.feed.tick_at(PINNED_NOW)
+    before = state.hub.rendered.cache_info().misses
+    for _ in range(5):
+        replay = pushed(state, Subscription(("ETH",)), after=current - 999)
+        assert len([next(replay) for _ in range(999)]) == 999
+    assert state.hub.rendered.cache_info().misses - before == 999  # not 5 x 999
 
 
 def test_every_refusal_of_an_event_stream_client_is_a_200_and_of_others_its_status(

@@ -1,0 +1,191 @@
+"""One fan-out per tick per process: a publisher wakes once at each tick, renders each
+distinct document (one per requested symbol set) once, as the bytes each transport
+sends, and hands the same bytes to every push connection waiting for it.
+
+Each connection has a :class:`Subscription`: a small bounded queue of rendered ticks and
+an event it waits on. The publisher never waits for a connection: a subscription whose
+queue is full (its client takes less than a tick a tick) is ended with the reason
+``slow_consumer``, and its transport closes the connection (an SSE client resumes with
+``Last-Event-ID``; a WebSocket gets close code 1013 "try again later"). The publisher
+yields to the event loop every ``YIELD_EVERY`` deliveries, so polls are served during a
+fan-out to thousands of streams.
+
+When ticks are longer than the heartbeat, the publisher also wakes every heartbeat and
+hands every subscription a heartbeat, so no connection keeps a timer of its own: a
+connection wakes only when there is something to send or to check (its lifetime, the
+drain).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from wsproto.frame_protocol import FrameProtocol
+
+QUEUE_TICKS = 8  # rendered ticks a connection may have waiting before it is a slow consumer
+YIELD_EVERY = 200  # deliveries between two yields to the event loop
+REPLAY_YIELD_EVERY = 16  # replayed ticks (each may be rendered first) between two yields
+REPLAY_CACHE = 4096  # rendered (symbol set, tick) kept for reconnects that ask for the past
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One tick's document for one symbol set, as each transport sends it."""
+
+    tick: int
+    sse: bytes  # "id: <tick>\ndata: <document>\n\n"
+    frame: bytes  # a WebSocket text frame (server side: unmasked)
+
+
+HEARTBEAT = Rendered(-1, b": heartbeat\n\n", b"")  # WebSocket pings keep those alive
+
+
+def render(tick: int, document: str) -> Rendered:
+    frame = FrameProtocol(client=False, extensions=[]).send_data(document, fin=True)
+    return Rendered(tick, f"id: {tick}\ndata: {document}\n\n".encode(), bytes(frame))
+
+
+class Subscription:
+    """One push connection's place in the fan-out."""
+
+    __slots__ = ("_capacity", "_queue", "key", "ready", "reason")
+
+    def __init__(self, key: tuple[str, ...], capacity: int = QUEUE_TICKS) -> None:
+        self.key = key
+        self._capacity = capacity
+        self._queue: deque[Rendered] = deque()
+        self.ready = threading.Event()
+        self.reason: str | None = None  # why it ended, once it has
+
+    def put(self, item: Rendered) -> bool:
+        """Queue ``item``; False (and the subscription ended) if the queue is full."""
+        if self.reason is not None:
+            return True
+        if len(self._queue) >= self._capacity:
+            self.end("slow_consumer")
+            return False
+        self._queue.append(item)
+        self.ready.set()
+        return True
+
+    def end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.ready.set()
+
+    def take(self) -> list[Rendered]:
+        """Everything queued, oldest first; waits until there is something or it ended."""
+        while not self._queue and self.reason is None:
+            self.ready.wait()
+            self.ready.clear()
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+
+class Hub:
+    """The fan-out of one process. ``document(symbols, tick, now)`` is the JSON text of
+    a tick; ``on_fanout(seconds)`` is told how long each tick's fan-out took, from the
+    first delivery to the last."""
+
+    def __init__(
+        self,
+        document: Callable[[tuple[str, ...], int, float], str],
+        tick_seconds: float,
+        heartbeat_seconds: float,
+        clock: Callable[[], float] = time.time,
+        on_fanout: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._document = document
+        self._tick_seconds = tick_seconds
+        self._heartbeat = heartbeat_seconds
+        self._clock = clock
+        self._on_fanout = on_fanout
+        self._subscriptions: dict[tuple[str, ...], set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._publisher: threading.Thread | None = None
+        self._draining = False
+        self.rendered = lru_cache(maxsize=REPLAY_CACHE)(self._render)
+
+    def _render(self, key: tuple[str, ...], tick: int) -> Rendered:
+        return render(tick, self._document(key, tick, self._clock()))
+
+    def tick_at(self, now: float) -> int:
+        return int(now // self._tick_seconds)
+
+    def subscribe(self, symbols: Iterable[str]) -> Subscription:
+        return self.attach(Subscription(tuple(symbols)))
+
+    def attach(self, subscription: Subscription) -> Subscription:
+        """From now on, hand ``subscription`` every tick published."""
+        with self._lock:
+            self._subscriptions.setdefault(subscription.key, set()).add(subscription)
+            if self._draining:
+                subscription.end("draining")
+            if self._publisher is None:  # started in the worker that serves
+                self._publisher = threading.Thread(
+                    target=self._publish_forever, name="fanout", daemon=True
+                )
+                self._publisher.start()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            subscribers = self._subscriptions.get(subscription.key)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscriptions[subscription.key]
+
+    def drain(self) -> None:
+        """End every subscription. Safe in a signal handler: it only sets events."""
+        self._draining = True
+        for subscription in self._snapshot():
+            subscription.end("draining")
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._subscriptions.values())
+
+    def _snapshot(self) -> list[Subscription]:
+        with self._lock:
+            return [s for subscribers in self._subscriptions.values() for s in subscribers]
+
+    def _publish_forever(self) -> None:
+        last = self.tick_at(self._clock())
+        quiet_since = time.monotonic()
+        while True:
+            until_tick = (last + 1) * self._tick_seconds - self._clock()
+            until_heartbeat = quiet_since + self._heartbeat - time.monotonic()
+            time.sleep(max(0.0, min(until_tick, until_heartbeat)))
+            current = self.tick_at(self._clock())
+            if current > last:
+                for tick in range(last + 1, current + 1):  # a slow wake-up skips none
+                    self.publish(tick)
+                last, quiet_since = current, time.monotonic()
+            elif time.monotonic() - quiet_since >= self._heartbeat:
+                self._deliver(lambda _key: HEARTBEAT)
+                quiet_since = time.monotonic()
+
+    def publish(self, tick: int) -> None:
+        """Render ``tick`` once per symbol set and hand it to every subscription."""
+        self._deliver(lambda key: self.rendered(key, tick))
+
+    def _deliver(self, item_of: Callable[[tuple[str, ...]], Rendered]) -> None:
+        started = time.perf_counter()
+        with self._lock:
+            groups = [(key, list(subscribers)) for key, subscribers in self._subscriptions.items()]
+        delivered = 0
+        for key, subscribers in groups:
+            item = item_of(key)
+            for subscription in subscribers:
+                subscription.put(item)
+                delivered += 1
+                if delivered % YIELD_EVERY == 0:
+                    time.sleep(0)  # under gevent: let polls and writes run
+        if self._on_fanout is not None and delivered:
+            self._on_fanout(time.perf_counter() - started, delivered)
