@@ -83,9 +83,12 @@ class Subscription:
         while not self._queue and self.reason is None:
             self.ready.wait()
             self.ready.clear()
-        items = list(self._queue)
-        self._queue.clear()
-        return items
+        items: list[Rendered] = []
+        while True:  # one by one: under threads the publisher may append meanwhile
+            try:
+                items.append(self._queue.popleft())
+            except IndexError:
+                return items
 
 
 class Hub:

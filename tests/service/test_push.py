@@ -1,6 +1,7 @@
 """The push views in-process: a refusal is a 200 event stream to a client that asks for
 one (EventSource) and a status to others; what counts as asking; every stream's retry
-jittered; the tick iterator stops mid-replay once told to."""
+jittered; what a connection is sent: a replay that stops once told, ticks from the
+fan-out and, for those it missed while replaying, from the shared cache."""
 
 from __future__ import annotations
 
