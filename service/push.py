@@ -226,7 +226,7 @@ def websocket() -> flask.Response:
     finally:
         ws.finish()
         state.hub.unsubscribe(subscription)
-    reason = "too_slow" if ws.too_slow else subscription.reason or "lifetime"
+    reason = "too_slow" if ws.too_slow else subscription.reason or _ended_by_itself(state)
     state.metrics.count_stream_end("websocket", reason)
     if ws.too_slow:
         log.info("client too slow to take the response: dropped", transport="websocket")
@@ -261,6 +261,7 @@ class SseStream:
         slot: Slot,
         sock: socket.socket | None,
     ):
+        self._state = state
         self._hub = state.hub
         self._metrics = state.metrics
         self._subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
@@ -279,7 +280,9 @@ class SseStream:
         self._events.close()
         self._hub.unsubscribe(self._subscription)
         self._slot.release()
-        ended_by = self._subscription.reason or ("lifetime" if self._finished else "gone")
+        ended_by = self._subscription.reason or (
+            _ended_by_itself(self._state) if self._finished else "gone"
+        )
         self._metrics.count_stream_end("sse", ended_by)
         if self._sock is not None:  # a kept-alive connection waits for its next request
             with contextlib.suppress(OSError):  # cut, or closed
@@ -293,6 +296,11 @@ class SseStream:
             if item is not HEARTBEAT:
                 events.inc()
         self._finished = True
+
+
+def _ended_by_itself(state: ServiceState) -> str:
+    """Why a connection whose subscription says nothing ended: the drain, or its time."""
+    return "draining" if state.draining.is_set() else "lifetime"
 
 
 def pushed(

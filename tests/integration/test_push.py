@@ -91,6 +91,9 @@ def test_websocket_delivers_every_tick_as_a_json_frame(start_service: ServiceFac
     assert all(frame["prices"][0]["symbol"] == "SOL" for frame in frames)
     wait_until(lambda: service.metric("streams_open", transport="websocket") == 0, 10, "close")
     assert service.metric("stream_events_sent_total", transport="websocket") >= 4
+    # One fan-out per tick (the first frame came from the cache), and why it ended.
+    assert service.metric("stream_fanout_seconds_count") >= 3
+    assert service.metric("stream_ends_total", transport="websocket", reason="gone") == 1
     # The session is a request (status 101), and its length is not request latency.
     assert service.metric("http_requests_total", route="/v1/prices/ws", status="101") == 1
     assert service.metric("http_request_duration_seconds_count", route="/v1/prices/ws") == 0
