@@ -95,3 +95,22 @@ def test_crypto_poll_gets_every_tick_through_nginx(
     assert result.returncode == 0, result.stderr
     ticks = [json.loads(line)["tick"] for line in result.stdout.splitlines()]
     assert ticks == list(range(ticks[0], ticks[0] + 4)), ticks
+
+
+def test_with_the_service_down_nginx_answers_event_streams_with_a_retry_and_others_in_json(
+    behind_nginx: tuple[Service, str],
+) -> None:
+    service, url = behind_nginx
+    assert service.stop() == 0
+    plain = requests.get(f"{url}/v1/prices", timeout=5)
+    assert plain.status_code == 502 and plain.json()["error"] == "upstream_unavailable"
+    assert int(plain.headers["Retry-After"]) >= 1
+    asked = requests.get(
+        f"{url}/v1/prices/stream", headers={"Accept": "text/event-stream"}, timeout=5
+    )
+    assert asked.status_code == 200
+    assert asked.headers["Content-Type"].startswith("text/event-stream")
+    stream = EventStream()
+    (event,) = list(stream.feed(split_lines([asked.content])))
+    assert event.event == "error" and json.loads(event.data)["status"] == 502
+    assert stream.retry_ms is not None and 2000 <= stream.retry_ms <= 5000
