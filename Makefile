@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare vendor hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale vendor hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ bench: install
 # 100 pollers at once; writes bench/COMPARE.md, bench/compare.json and bench/compare.png.
 compare: install
 	$(BIN)/python -m bench.compare
+
+# The push path at scale: 10,000 SSE streams, 5,000 WebSockets, far-behind clients, a
+# restart under 5,000 streams; the clients in their own process. Writes bench/scale.json.
+scale: install
+	$(BIN)/python -m bench.scale
 
 # Refresh the page's chart library from its npm package (pinned in service/page.py), with
 # its licence: `make vendor` (UPLOT_VERSION=x.y.z to move the pin, then update page.py).

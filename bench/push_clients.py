@@ -1,0 +1,189 @@
+"""Push clients for ``make scale``, in a process of their own (so that the server's
+figures are the server's): N SSE streams or WebSockets on one asyncio loop, and
+optionally far-behind SSE streams that ask for 999 ticks back and never read.
+
+Each client notes every tick it sees (the SSE ``id``, the WebSocket document's ``tick``)
+and when, and reconnects as EventSource does (SSE resumes with ``Last-Event-ID``). On
+SIGTERM or SIGINT the process prints one JSON summary on stdout: how many connected,
+how many saw every tick from their first to the last without a gap or a repeat, the
+delay from each tick's start to its arrival (p50, p99, max), the longest silence a
+client went through (a restart's outage, as the clients lived it), and reconnects.
+
+``python -m bench.push_clients --url http://127.0.0.1:5000 --transport sse --clients
+1000 --tick 3``; ``--ready-file F`` is written once every client has seen a tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+RAMP_BATCH = 250  # connections opened at once, then a breath
+RECONNECT_SECONDS = 2.0
+
+
+@dataclass
+class Seen:
+    """What one client saw: each tick, when it arrived, and after its tick's start."""
+
+    ticks: list[int] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
+    connections: int = 0
+
+    def saw(self, tick: int, tick_seconds: float) -> None:
+        now = time.time()
+        self.ticks.append(tick)
+        self.arrivals.append(now)
+        self.delays.append(now - tick * tick_seconds)
+
+
+async def sse_client(
+    session: aiohttp.ClientSession, url: str, seen: Seen, tick_seconds: float
+) -> None:
+    last_id: str | None = None
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        try:
+            async with session.get(url, headers=headers) as response:
+                seen.connections += 1
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        for line in event.split(b"\n"):
+                            if line.startswith(b"id: "):
+                                last_id = line[4:].decode()
+                                seen.saw(int(last_id), tick_seconds)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            pass
+        await asyncio.sleep(RECONNECT_SECONDS)
+
+
+async def websocket_client(
+    session: aiohttp.ClientSession, url: str, seen: Seen, tick_seconds: float
+) -> None:
+    while True:
+        try:
+            async with session.ws_connect(url, autoping=True, heartbeat=None) as ws:
+                seen.connections += 1
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        seen.saw(json.loads(message.data)["prices"][0]["tick"], tick_seconds)
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+            pass
+        await asyncio.sleep(RECONNECT_SECONDS)
+
+
+def far_behind(host: str, port: int, path: str, tick: int) -> socket.socket:
+    """A stream asking for 999 ticks back on a socket that is never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect((host, port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nLast-Event-ID: {tick - 1000}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+
+
+def summary(clients: list[Seen], far: int) -> dict[str, Any]:
+    complete = gaps = repeats = 0
+    longest_silence = 0.0
+    for seen in clients:
+        ticks = seen.ticks
+        missing = sum(max(0, b - a - 1) for a, b in itertools.pairwise(ticks))
+        repeated = sum(1 for a, b in itertools.pairwise(ticks) if b <= a)
+        gaps += missing
+        repeats += repeated
+        complete += bool(ticks) and missing == 0 and repeated == 0
+        silences = [b - a for a, b in zip(seen.arrivals, seen.arrivals[1:], strict=False)]
+        longest_silence = max([longest_silence, *silences])
+    delays = [d for seen in clients for d in seen.delays[1:]]  # the first: a current tick
+    return {
+        "clients": len(clients),
+        "far_behind": far,
+        "connected": sum(1 for seen in clients if seen.connections),
+        "complete": complete,
+        "ticks_missed": gaps,
+        "ticks_repeated": repeats,
+        "reconnects": sum(max(0, seen.connections - 1) for seen in clients),
+        "events": sum(len(seen.ticks) for seen in clients),
+        "delay_p50_s": percentile(delays, 0.50),
+        "delay_p99_s": percentile(delays, 0.99),
+        "delay_max_s": max(delays, default=None),
+        "longest_silence_s": longest_silence,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    clients = [Seen() for _ in range(args.clients)]
+    held: list[socket.socket] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        host, port = args.url.removeprefix("http://").split(":")
+        if args.far_behind:
+            tick = int(time.time() // args.tick)
+            held = [
+                far_behind(host, int(port), "/v1/prices/stream", tick)
+                for _ in range(args.far_behind)
+            ]
+        client = sse_client if args.transport == "sse" else websocket_client
+        path = "/v1/prices/stream" if args.transport == "sse" else "/v1/prices/ws"
+        url = args.url.replace("http://", "ws://") + path if args.transport != "sse" else None
+        tasks = []
+        for start in range(0, args.clients, RAMP_BATCH):
+            for seen in clients[start : start + RAMP_BATCH]:
+                target = url or args.url + path
+                tasks.append(asyncio.create_task(client(session, target, seen, args.tick)))
+            await asyncio.sleep(0.2)
+        if args.ready_file:
+            while not stop.is_set() and not all(seen.ticks for seen in clients):
+                await asyncio.sleep(0.2)
+            Path(args.ready_file).write_text("ready")
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+    for sock in held:
+        sock.close()
+    return summary(clients, args.far_behind)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--transport", choices=("sse", "websocket"), default="sse")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--far-behind", type=int, default=0)
+    parser.add_argument("--tick", type=float, default=3.0)
+    parser.add_argument("--ready-file")
+    print(json.dumps(asyncio.run(run(parser.parse_args()))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
