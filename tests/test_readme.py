@@ -1,10 +1,13 @@
 """The README's claims → tests table names tests that exist: renaming or deleting a test
-breaks the table, and this says where."""
+breaks the table, and this says where; and its scale figures are those of the committed
+run (bench/scale.json)."""
 
 from __future__ import annotations
 
+import json
 import re
 
+from bench.scale import readme_table
 from tests.conftest import TESTS
 
 README = TESTS.parent / "README.md"
@@ -36,3 +39,8 @@ def test_every_test_the_readme_names_exists() -> None:
         assert source.exists(), f"README names {path}, which does not exist"
         if name is not None:
             assert f"def {name}(" in source.read_text(), f"README names {path}::{name}"
+
+
+def test_the_readmes_scale_figures_are_the_committed_runs() -> None:
+    report = json.loads((TESTS.parent / "bench" / "scale.json").read_text())
+    assert readme_table(report) in README.read_text(), "README's scale table != bench/scale.json"
