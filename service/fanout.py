@@ -40,20 +40,29 @@ class Rendered:
     tick: int
     sse: bytes  # "id: <tick>\ndata: <document>\n\n"
     frame: bytes  # a WebSocket text frame (server side: unmasked)
+    chunk: bytes  # the SSE event framed as an HTTP/1.1 chunk, for a stream written directly
 
 
-HEARTBEAT = Rendered(-1, b": heartbeat\n\n", b"")  # WebSocket pings keep those alive
+def chunk_of(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body (RFC 9112, 7.1)."""
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
+HEARTBEAT = Rendered(-1, b": heartbeat\n\n", b"", chunk_of(b": heartbeat\n\n"))
 
 
 def render(tick: int, document: str) -> Rendered:
     frame = FrameProtocol(client=False, extensions=[]).send_data(document, fin=True)
-    return Rendered(tick, f"id: {tick}\ndata: {document}\n\n".encode(), bytes(frame))
+    sse = f"id: {tick}\ndata: {document}\n\n".encode()
+    return Rendered(tick, sse, bytes(frame), chunk_of(sse))
 
 
 class Subscription:
     """One push connection's place in the fan-out."""
 
-    __slots__ = ("_capacity", "_queue", "key", "ready", "reason")
+    __slots__ = (
+        "_capacity", "_queue", "_rest", "_send", "key", "last", "ready", "reason", "writing",
+    )  # fmt: skip
 
     def __init__(self, key: tuple[str, ...], capacity: int = QUEUE_TICKS) -> None:
         self.key = key
@@ -61,10 +70,46 @@ class Subscription:
         self._queue: deque[Rendered] = deque()
         self.ready = threading.Event()
         self.reason: str | None = None  # why it ended, once it has
+        self.last = -1  # the newest tick the connection was given
+        # Written directly by the publisher: how (None: queued for the connection to write),
+        # what it could not write, and who is writing to the connection now.
+        self._send: Callable[[Rendered], bytes] | None = None
+        self._rest = b""
+        self.writing = threading.Lock()
+
+    def write_directly(self, send: Callable[[Rendered], bytes]) -> None:
+        """From now on the publisher writes each item itself with ``send``, which must not
+        block: it returns what it could not write (then the connection writes that, and
+        what comes meanwhile is queued) and raises OSError when the connection is gone."""
+        self._send = send
+
+    def stop_writing_directly(self) -> bytes:
+        """Back to queueing (call it holding ``writing``); what was left unwritten."""
+        self._send = None
+        rest, self._rest = self._rest, b""
+        return rest
 
     def put(self, item: Rendered) -> bool:
-        """Queue ``item``; False (and the subscription ended) if the queue is full."""
-        if self.reason is not None:
+        """Write or queue ``item``; False (and the subscription ended) if the queue is full."""
+        if self.reason is not None or 0 <= item.tick <= self.last:
+            return True  # ended, or a tick it was given from the cache already
+        send = self._send
+        # Not while the connection is writing (it holds ``writing``) or has a backlog.
+        if (
+            send is not None
+            and not self._queue
+            and not self._rest
+            and self.writing.acquire(blocking=False)
+        ):
+            try:
+                self._rest = send(item)
+                self.last = max(self.last, item.tick)
+            except OSError:
+                self.end("gone")
+            finally:
+                self.writing.release()
+            if self._rest:
+                self.ready.set()
             return True
         if len(self._queue) >= self._capacity:
             self.end("slow_consumer")
@@ -78,11 +123,28 @@ class Subscription:
             self.reason = reason
         self.ready.set()
 
+    def backlog(self) -> tuple[bytes, list[Rendered]]:
+        """For a subscription written directly: wait until the publisher left something
+        (the rest of a write, queued items) or it ended; then that, taken. Call it holding
+        ``writing``, and write it all before letting go."""
+        rest, self._rest = self._rest, b""
+        return rest, self._taken()
+
+    def wait(self, until: float | None = None) -> None:
+        """Until something is queued or left to write, it ended, or (monotonic) ``until``."""
+        while not self._queue and not self._rest and self.reason is None:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self.ready.wait(left)
+            self.ready.clear()
+
     def take(self) -> list[Rendered]:
         """Everything queued, oldest first; waits until there is something or it ended."""
-        while not self._queue and self.reason is None:
-            self.ready.wait()
-            self.ready.clear()
+        self.wait()
+        return self._taken()
+
+    def _taken(self) -> list[Rendered]:
         items: list[Rendered] = []
         while True:  # one by one: under threads the publisher may append meanwhile
             try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import socket
 import time
@@ -83,6 +84,16 @@ def connection_socket(environ: dict[str, Any]) -> socket.socket | None:
     """The client connection's socket, which gunicorn hands over (None elsewhere)."""
     sock: socket.socket | None = environ.get("gunicorn.socket")
     return sock
+
+
+def body_framing(environ: dict[str, Any]) -> bool | None:
+    """How gunicorn frames a streamed body without a length, so that the fan-out can write
+    to the socket the same way: chunked for HTTP/1.1 (RFC 9112: what a server streaming
+    without a length must do), bare for HTTP/1.0 (the body ends with the connection);
+    None when nothing is written (HEAD) or the protocol is another."""
+    if environ.get("REQUEST_METHOD") != "GET":
+        return None
+    return {"HTTP/1.1": True, "HTTP/1.0": False}.get(environ.get("SERVER_PROTOCOL", ""))
 
 
 @bp.before_request
@@ -190,7 +201,10 @@ def stream() -> flask.Response:
         flask.request.headers.get("Last-Event-ID") or flask.request.args.get("last_event_id")
     )
     slot: Slot = flask.g.pop("push_slot")
-    events = SseStream(state, symbols, after, slot, connection_socket(flask.request.environ))
+    environ = flask.request.environ
+    events = SseStream(
+        state, symbols, after, slot, connection_socket(environ), body_framing(environ)
+    )
     response = flask.Response(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
@@ -260,7 +274,10 @@ class SseStream:
         after: int | None,
         slot: Slot,
         sock: socket.socket | None,
+        chunked: bool | None = None,
     ):
+        self._chunked = chunked  # how the fan-out may write to sock itself (None: it may not)
+        self._ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
         self._state = state
         self._hub = state.hub
         self._metrics = state.metrics
@@ -291,11 +308,63 @@ class SseStream:
     def _render(self, state: ServiceState, after: int | None) -> Generator[bytes, None, None]:
         yield f"retry: {retry_ms(SSE_RETRY_SECONDS)}\n\n".encode()
         events = state.metrics.stream_events.labels("sse")
-        for item in pushed(state, self._subscription, after):
+        direct = self._sock is not None and self._chunked is not None
+        for item in pushed(state, self._subscription, after, live=not direct):
             yield item.sse
             if item is not HEARTBEAT:
                 events.inc()
+        if direct:
+            self._live_written_directly(state, events)
         self._finished = True
+
+    def _live_written_directly(self, state: ServiceState, events: Any) -> None:
+        """The live ticks, written to the socket by the fan-out itself: one non-blocking
+        write per tick, no wake-up of this connection. Its greenlet only finishes what
+        the fan-out could not write at once (and what came meanwhile), and ends the
+        stream. The body stays what gunicorn began: HTTP/1.1 chunks, or bare bytes."""
+        subscription, sock, chunked = self._subscription, self._sock, self._chunked
+        assert sock is not None
+        fd = sock.fileno()
+
+        def bytes_of(item: Rendered) -> bytes:
+            return item.chunk if chunked else item.sse
+
+        def send(item: Rendered) -> bytes:
+            data = bytes_of(item)
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            if item is not HEARTBEAT:
+                events.inc()
+            return data[written:]
+
+        subscription.write_directly(send)
+        try:
+            while True:
+                subscription.wait(until=self._ends)
+                if (
+                    subscription.reason is not None
+                    or state.draining.is_set()
+                    or time.monotonic() >= self._ends
+                ):
+                    return
+                with subscription.writing:
+                    rest, items = subscription.backlog()
+                    if rest:
+                        sock.sendall(rest)
+                    for item in items:
+                        if item is not HEARTBEAT and item.tick <= subscription.last:
+                            continue
+                        sock.sendall(bytes_of(item))
+                        if item is not HEARTBEAT:
+                            subscription.last = item.tick
+                            events.inc()
+        finally:
+            with subscription.writing:  # a chunk begun is ended before the body is
+                rest = subscription.stop_writing_directly()
+            if rest and subscription.reason != "gone":
+                sock.sendall(rest)
 
 
 def _ended_by_itself(state: ServiceState) -> str:
@@ -304,7 +373,7 @@ def _ended_by_itself(state: ServiceState) -> str:
 
 
 def pushed(
-    state: ServiceState, subscription: Subscription, after: int | None
+    state: ServiceState, subscription: Subscription, after: int | None, live: bool = True
 ) -> Iterator[Rendered]:
     """What a push connection sends: every tick after ``after`` (the current one when
     None; at most HISTORY_MAX back) from the fan-out's cache of rendered ticks, then each
@@ -314,7 +383,8 @@ def pushed(
     skipped, none sent twice. A replay yields to the event loop as it goes. Ends after
     the stream lifetime, when the worker drains, or once the subscription ends (a slow
     consumer, a client gone), checked before every item: a replay to a slow reader ends
-    on time too."""
+    on time too. With ``live`` false it stops once caught up, joined to the fan-out (for a
+    connection the fan-out then writes to directly)."""
     hub, key = state.hub, subscription.key
     ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
 
@@ -330,6 +400,7 @@ def pushed(
         nonlocal last
         while last < until and not over():
             last += 1
+            subscription.last = last
             yield hub.rendered(key, last)
             if last % REPLAY_YIELD_EVERY == 0:
                 time.sleep(0)  # under gevent: let the other connections run
@@ -337,7 +408,7 @@ def pushed(
     yield from from_cache(current)
     hub.attach(subscription)
     yield from from_cache(hub.tick_at(state.feed.now()))
-    while not over():
+    while live and not over():
         for item in subscription.take():
             if over():
                 return
@@ -347,7 +418,7 @@ def pushed(
                 yield from from_cache(item.tick - 1)
                 if over():
                     return
-                last = item.tick
+                last = subscription.last = item.tick
                 yield item
 
 

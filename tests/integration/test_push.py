@@ -297,3 +297,26 @@ def test_sigterm_ends_streams_and_long_polls_promptly_and_exits_zero(
     assert ended["sse_events"] == 1  # the current tick, then a clean end
     assert ended["long_poll_status"] == 503  # answered, not cut: "retry (elsewhere)"
     assert "Traceback" not in service.logs()
+
+
+def test_live_events_written_by_the_fan_out_keep_the_bodys_framing(
+    start_service: ServiceFactory,
+) -> None:
+    """The fan-out writes live ticks to the socket itself: as chunks of HTTP/1.1's chunked
+    body (the client above parses them), and bare for HTTP/1.0, whose body ends with the
+    connection."""
+    service = start_service(PRICE_TICK_SECONDS="0.3")
+    with socket.create_connection((HOST, service.port), timeout=10) as raw:
+        raw.sendall(b"GET /v1/prices/stream?symbols=BTC HTTP/1.0\r\nHost: x\r\n\r\n")
+        received = b""
+        while received.count(b"id: ") < 6:
+            received += raw.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"HTTP/1.0 200" in head and b"chunked" not in head.lower()
+    events = list(EventStream().feed(split_lines([body])))
+    ticks = [int(event.last_event_id) for event in events]
+    assert len(ticks) >= 5 and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
+    assert all(
+        json.loads(event.data)["prices"][0]["tick"] == t
+        for event, t in zip(events, ticks, strict=True)
+    )

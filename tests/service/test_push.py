@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from client.sse import EventStream, split_lines
 from service.fanout import Subscription
-from service.push import SSE_RETRY_SECONDS, asks_for_event_stream, pushed
+from service.push import SSE_RETRY_SECONDS, asks_for_event_stream, body_framing, pushed
 from service.state import get_state
 from tests.conftest import PINNED_NOW, AppFactory
 
@@ -163,3 +163,10 @@ def test_every_refusal_of_an_event_stream_client_is_a_200_and_of_others_its_stat
         error = json.loads(events[0].data)  # type: ignore[attr-defined]
         assert error["status"] == status and "retry_after" not in error
         assert stream.retry_ms is not None and stream.retry_ms >= 30_000  # not soon again
+
+
+def test_the_body_is_framed_as_gunicorn_frames_a_body_without_a_length() -> None:
+    assert body_framing({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1"}) is True
+    assert body_framing({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.0"}) is False
+    assert body_framing({"REQUEST_METHOD": "HEAD", "SERVER_PROTOCOL": "HTTP/1.1"}) is None
+    assert body_framing({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/2"}) is None
