@@ -6,8 +6,9 @@ Each client notes every tick it sees (the SSE ``id``, the WebSocket document's `
 and when, and reconnects as EventSource does (SSE resumes with ``Last-Event-ID``). On
 SIGTERM or SIGINT the process prints one JSON summary on stdout: how many connected,
 how many saw every tick from their first to the last without a gap or a repeat, the
-delay from each tick's start to its arrival (p50, p99, max), the longest silence a
-client went through (a restart's outage, as the clients lived it), and reconnects.
+delay from each tick's start to its arrival once all are connected (p50, p99, max), the
+longest silence a client went through (a restart's outage, as the clients lived it),
+and reconnects.
 
 ``python -m bench.push_clients --url http://127.0.0.1:5000 --transport sse --clients
 1000 --tick 3``; ``--ready-file F`` is written once every client has seen a tick.
@@ -137,7 +138,10 @@ def percentile(values: list[float], share: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
 
 
-def summary(clients: list[Seen], far: int) -> dict[str, Any]:
+def summary(clients: list[Seen], far: int, steady_from: float | None) -> dict[str, Any]:
+    """``steady_from``: the delays counted are of ticks that arrived after it (once every
+    client was connected and a tick had passed), not those of the ramp, when the server
+    was busy accepting thousands of connections."""
     complete = gaps = repeats = 0
     longest_silence = 0.0
     for seen in clients:
@@ -149,7 +153,12 @@ def summary(clients: list[Seen], far: int) -> dict[str, Any]:
         complete += bool(ticks) and missing == 0 and repeated == 0
         silences = [b - a for a, b in zip(seen.arrivals, seen.arrivals[1:], strict=False)]
         longest_silence = max([longest_silence, *silences])
-    delays = [d for seen in clients for d in seen.delays[1:]]  # the first: a current tick
+    delays = [
+        delay
+        for seen in clients
+        for delay, arrived in zip(seen.delays[1:], seen.arrivals[1:], strict=True)
+        if steady_from is None or arrived >= steady_from
+    ]  # not the first: a client's first tick is the current one, not a new one
     return {
         "clients": len(clients),
         "far_behind": far,
@@ -174,6 +183,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     clients = [Seen() for _ in range(args.clients)]
+    steady_from: float | None = None
     held: list[socket.socket] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         host, port = args.url.removeprefix("http://").split(":")
@@ -197,12 +207,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while not stop.is_set() and not all(seen.ticks for seen in clients):
                 await asyncio.sleep(0.2)
             Path(args.ready_file).write_text("ready")
+            steady_from = time.time() + args.tick
         await stop.wait()
         for task in tasks:
             task.cancel()
     for sock in held:
         sock.close()
-    return summary(clients, args.far_behind)
+    return summary(clients, args.far_behind, steady_from)
 
 
 def main() -> None:
