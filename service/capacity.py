@@ -35,11 +35,8 @@ class OverCapacity(ApiError):
             "over_capacity",
             f"This instance holds as many streams and long-polls as it may ({cap}); "
             "retry after Retry-After.",
+            retry_after=random.randint(*OVER_CAPACITY_RETRY_SECONDS),
         )
-        self.retry_after = random.randint(*OVER_CAPACITY_RETRY_SECONDS)
-
-    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
-        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
 
 
 class Held:

@@ -24,21 +24,37 @@ ERROR_CODES = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
 class ApiError(HTTPException):
     """An error the API raises on purpose, with a stable machine-readable code."""
 
-    def __init__(self, status: int, error: str, message: str, **extra: object) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        retry_after: int | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(description=message)
         self.code = status
         self.error = error
+        self.retry_after = retry_after  # whole seconds, sent as Retry-After when set
         self.extra = extra
+
+    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
+        headers = super().get_headers()
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(self.retry_after)))
+        return headers
 
 
 class ShuttingDown(ApiError):
     """A stream or long-poll asked of a worker that is draining: try again (elsewhere)."""
 
     def __init__(self) -> None:
-        super().__init__(503, "shutting_down", "This instance is shutting down; retry shortly.")
+        super().__init__(
+            503, "shutting_down", "This instance is shutting down; retry shortly.", retry_after=1
+        )
 
     def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
-        return [*super().get_headers(), ("Retry-After", "1"), ("Connection", "close")]
+        return [*super().get_headers(), ("Connection", "close")]
 
 
 def snake_code(reason: str) -> str:

@@ -184,11 +184,11 @@ class RateLimited(ApiError):
 class StorageUnavailable(ApiError):
     def __init__(self) -> None:
         super().__init__(
-            503, "unavailable", "The rate limit storage is unreachable; retry shortly."
+            503,
+            "unavailable",
+            "The rate limit storage is unreachable; retry shortly.",
+            retry_after=1,
         )
-
-    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
-        return [*super().get_headers(), ("Retry-After", "1")]
 
 
 class RateLimiting:

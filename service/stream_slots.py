@@ -33,11 +33,8 @@ class TooManyStreams(ApiError):
             429,
             "too_many_streams",
             f"At most {cap} push connections per client are open at once; close one first.",
+            retry_after=max(1, math.ceil(retry_after)),
         )
-        self.retry_after = max(1, math.ceil(retry_after))
-
-    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
-        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
 
 
 class StreamLedger(Protocol):
