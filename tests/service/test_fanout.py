@@ -10,7 +10,7 @@ from collections import Counter
 
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from service.fanout import HEARTBEAT, QUEUE_TICKS, Hub, render
+from service.fanout import HEARTBEAT, QUEUE_TICKS, Hub, Rendered, Subscription, render
 
 
 class Documents:
@@ -96,3 +96,21 @@ def test_unsubscribed_streams_get_nothing_more() -> None:
     hub.unsubscribe(subscription)
     hub.publish(1)
     assert len(hub) == 0 and not subscription.ready.is_set()
+
+
+def test_a_subscription_written_directly_gets_each_tick_once_and_the_rest_later() -> None:
+    sent: list[int] = []
+
+    def send(item: Rendered) -> bytes:  # takes all but the last byte of tick 7
+        sent.append(item.tick)
+        return item.sse[-1:] if item.tick == 7 else b""
+
+    subscription = Subscription(("BTC",))
+    subscription.last = 5  # given from the cache already
+    subscription.write_directly(send)
+    for tick in (5, 6, 7, 8):
+        assert subscription.put(render(tick, "{}"))
+    assert sent == [6, 7]  # 5 was sent already; 8 waits behind the rest of 7
+    with subscription.writing:
+        rest, queued = subscription.backlog()
+    assert rest == b"\n" and [item.tick for item in queued] == [8]
