@@ -195,10 +195,13 @@ class WebSocket:
         """Read and answer what the client sends, ping it, and notice when it is gone."""
         awaiting_pong = False
         message_bytes = 0
+        # poll, not select: select() cannot watch a descriptor past FD_SETSIZE (1024), and
+        # a worker holding thousands of connections gives out such descriptors.
+        readable = select.poll()
+        readable.register(self._sock, select.POLLIN)
         try:
             while not self._gone:
-                readable, _, _ = select.select([self._sock], [], [], self._ping_interval)
-                if not readable:
+                if not readable.poll(self._ping_interval * 1000):
                     if awaiting_pong:  # not answered in a whole interval: gone
                         self.close_code = CloseReason.POLICY_VIOLATION
                         break

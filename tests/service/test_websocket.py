@@ -5,6 +5,8 @@ sends, the reader ends or goes on, and never raises."""
 
 from __future__ import annotations
 
+import fcntl
+import resource
 import socket
 import threading
 import time
@@ -66,11 +68,25 @@ class Peer:
         self.sock.sendall(self.ws.send(event))
 
 
+def past_select_limit(sock: socket.socket) -> socket.socket:
+    """``sock`` moved to a descriptor past 1024 (FD_SETSIZE), as a worker holding
+    thousands of connections gives out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    moved = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 1024))
+    sock.close()
+    assert moved.fileno() >= 1024
+    return moved
+
+
 @contextmanager
 def session(
-    ping_interval: float = 30.0, send_timeout: float = 5.0
+    ping_interval: float = 30.0, send_timeout: float = 5.0, high_descriptor: bool = False
 ) -> Iterator[tuple[WebSocket, Peer]]:
     ours, theirs = socket.socketpair()
+    if high_descriptor:
+        ours = past_select_limit(ours)
     peer = Peer(theirs)
     ws = WebSocket.accept(
         {**peer.environ, "gunicorn.socket": ours},
@@ -129,6 +145,19 @@ def test_small_messages_are_read_and_dropped() -> None:
         while not pongs:
             peer.ws.receive_data(peer.sock.recv(65536))
             pongs = [e for e in peer.ws.events() if isinstance(e, Pong)]
+        assert not ws.ended.is_set()
+
+
+def test_a_connection_past_descriptor_1024_is_read_and_pinged_like_any_other() -> None:
+    with session(ping_interval=0.3, high_descriptor=True) as (ws, peer):
+        accepted(peer)
+        peer.send(Ping(b"still there?"))
+        peer.sock.settimeout(5)
+        seen: list[object] = []
+        while not any(isinstance(e, Ping) for e in seen):  # ours, within the interval
+            peer.ws.receive_data(peer.sock.recv(65536))
+            seen.extend(peer.ws.events())
+        assert any(isinstance(e, Pong) for e in seen)
         assert not ws.ended.is_set()
 
 
