@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale vendor hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale deflate vendor hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -71,6 +71,11 @@ compare: install
 # restart under 5,000 streams; the clients in their own process. Writes bench/scale.json.
 scale: install
 	$(BIN)/python -m bench.scale
+
+# permessage-deflate on and off for the pushed documents: bytes and CPU per message.
+# Writes bench/deflate.json.
+deflate: install
+	$(BIN)/python -m bench.deflate
 
 # Refresh the page's chart library from its npm package (pinned in service/page.py), with
 # its licence: `make vendor` (UPLOT_VERSION=x.y.z to move the pin, then update page.py).

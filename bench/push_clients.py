@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import math
+import os
+import re
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 RAMP_BATCH = 250  # connections opened at once, then a breath
 RECONNECT_SECONDS = 2.0
@@ -105,17 +106,96 @@ async def sse_client(host: str, port: int, seen: Seen, tick_seconds: float) -> N
         await asyncio.sleep(RECONNECT_SECONDS)
 
 
-async def websocket_client(
-    session: aiohttp.ClientSession, url: str, seen: Seen, tick_seconds: float
-) -> None:
+TICK_IN_DOCUMENT = re.compile(rb'"tick": ?(\d+)')
+
+
+def next_frame(data: bytes) -> tuple[int, bytes, int] | None:
+    """The first whole server frame in ``data`` (RFC 6455, 5.2; a server's are unmasked):
+    its opcode, payload and length in ``data``; None if it has not all arrived."""
+    if len(data) < 2:
+        return None
+    opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+    if length == 126:
+        if len(data) < 4:
+            return None
+        length, start = int.from_bytes(data[2:4], "big"), 4
+    elif length == 127:
+        if len(data) < 10:
+            return None
+        length, start = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < start + length:
+        return None
+    return opcode, data[start : start + length], start + length
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked, as RFC 6455 requires of clients) of a short payload."""
+    mask = os.urandom(4)
+    body = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """A WebSocket read as bytes arrive (no client library, as for SSE): the handshake's
+    101, then each text frame's document, whose ``"tick"`` is the tick seen; pings are
+    answered, as the server drops a client that does not."""
+
+    def __init__(self, seen: Seen, tick_seconds: float, request: bytes) -> None:
+        self.seen, self.tick_seconds, self.request = seen, tick_seconds, request
+        self.pending = b""
+        self.open = False
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.pending += data
+        if not self.open:
+            end = self.pending.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.pending.startswith(b"HTTP/1.1 101"):
+                self.transport.close()
+                return
+            self.open, self.pending = True, self.pending[end + 4 :]
+            self.seen.connections += 1
+        while (frame := next_frame(self.pending)) is not None:
+            opcode, payload, length = frame
+            self.pending = self.pending[length:]
+            if opcode == 0x1 and (tick := TICK_IN_DOCUMENT.search(payload)):
+                self.seen.saw(int(tick.group(1)), self.tick_seconds)
+            elif opcode == 0x9:
+                self.transport.write(masked_frame(0xA, payload))
+            elif opcode == 0x8:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def websocket_client(host: str, port: int, seen: Seen, tick_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
     while True:
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /v1/prices/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
         try:
-            async with session.ws_connect(url, autoping=True, heartbeat=None) as ws:
-                seen.connections += 1
-                async for message in ws:
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        seen.saw(json.loads(message.data)["prices"][0]["tick"], tick_seconds)
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+            _, protocol = await loop.create_connection(
+                lambda request=request: WebSocketProtocol(seen, tick_seconds, request),  # type: ignore[misc]
+                host,
+                port,
+            )
+            await protocol.closed
+        except OSError:
             pass
         await asyncio.sleep(RECONNECT_SECONDS)
 
@@ -180,37 +260,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     clients = [Seen() for _ in range(args.clients)]
     steady_from: float | None = None
     held: list[socket.socket] = []
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        host, port = args.url.removeprefix("http://").split(":")
-        if args.far_behind:
-            tick = int(time.time() // args.tick)
-            held = [
-                far_behind(host, int(port), "/v1/prices/stream", tick)
-                for _ in range(args.far_behind)
-            ]
-        ws_url = args.url.replace("http://", "ws://") + "/v1/prices/ws"
-        tasks = []
-        for start in range(0, args.clients, RAMP_BATCH):
-            for seen in clients[start : start + RAMP_BATCH]:
-                if args.transport == "sse":
-                    reader = sse_client(host, int(port), seen, args.tick)
-                else:
-                    reader = websocket_client(session, ws_url, seen, args.tick)
-                tasks.append(asyncio.create_task(reader))
+    host, port = args.url.removeprefix("http://").split(":")
+    if args.far_behind:
+        tick = int(time.time() // args.tick)
+        held = [
+            far_behind(host, int(port), "/v1/prices/stream", tick) for _ in range(args.far_behind)
+        ]
+    client = sse_client if args.transport == "sse" else websocket_client
+    tasks = []
+    for start in range(0, args.clients, RAMP_BATCH):
+        for seen in clients[start : start + RAMP_BATCH]:
+            tasks.append(asyncio.create_task(client(host, int(port), seen, args.tick)))
+        await asyncio.sleep(0.2)
+    if args.ready_file:
+        while not stop.is_set() and not all(seen.ticks for seen in clients):
             await asyncio.sleep(0.2)
-        if args.ready_file:
-            while not stop.is_set() and not all(seen.ticks for seen in clients):
-                await asyncio.sleep(0.2)
-            Path(args.ready_file).write_text("ready")
-            steady_from = time.time() + args.tick
-        await stop.wait()
-        for task in tasks:
-            task.cancel()
+        Path(args.ready_file).write_text("ready")
+        steady_from = time.time() + args.tick
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
     for sock in held:
         sock.close()
     return summary(clients, args.far_behind, steady_from)

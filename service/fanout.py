@@ -18,6 +18,8 @@ drain).
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -61,7 +63,7 @@ class Subscription:
     """One push connection's place in the fan-out."""
 
     __slots__ = (
-        "_capacity", "_queue", "_rest", "_send", "key", "last", "ready", "reason", "writing",
+        "_behind", "_capacity", "_queue", "_send", "key", "last", "ready", "reason", "writing",
     )  # fmt: skip
 
     def __init__(self, key: tuple[str, ...], capacity: int = QUEUE_TICKS) -> None:
@@ -72,43 +74,46 @@ class Subscription:
         self.reason: str | None = None  # why it ended, once it has
         self.last = -1  # the newest tick the connection was given
         # Written directly by the publisher: how (None: queued for the connection to write),
-        # what it could not write, and who is writing to the connection now.
-        self._send: Callable[[Rendered], bytes] | None = None
-        self._rest = b""
+        # whether the connection has bytes the socket did not take yet, and who is writing
+        # to the connection now.
+        self._send: Callable[[Rendered], bool] | None = None
+        self._behind = False
         self.writing = threading.Lock()
 
-    def write_directly(self, send: Callable[[Rendered], bytes]) -> None:
-        """From now on the publisher writes each item itself with ``send``, which must not
-        block: it returns what it could not write (then the connection writes that, and
-        what comes meanwhile is queued) and raises OSError when the connection is gone."""
+    def write_directly(self, send: Callable[[Rendered], bool]) -> None:
+        """From now on the publisher writes each item itself with ``send``, called holding
+        ``writing``, which must not block: False when the socket did not take it all (the
+        connection keeps the rest and sends it before anything else; what comes meanwhile
+        is queued for it), OSError when the connection is gone."""
         self._send = send
 
-    def stop_writing_directly(self) -> bytes:
-        """Back to queueing (call it holding ``writing``); what was left unwritten."""
+    def stop_writing_directly(self) -> None:
+        """Back to queueing (call it holding ``writing``)."""
         self._send = None
-        rest, self._rest = self._rest, b""
-        return rest
+        self._behind = False
 
     def put(self, item: Rendered) -> bool:
         """Write or queue ``item``; False (and the subscription ended) if the queue is full."""
         if self.reason is not None or 0 <= item.tick <= self.last:
             return True  # ended, or a tick it was given from the cache already
         send = self._send
-        # Not while the connection is writing (it holds ``writing``) or has a backlog.
+        # Not while the connection is writing (it holds ``writing``) or is behind.
         if (
             send is not None
             and not self._queue
-            and not self._rest
+            and not self._behind
             and self.writing.acquire(blocking=False)
         ):
+            written = True
             try:
-                self._rest = send(item)
+                written = send(item)
                 self.last = max(self.last, item.tick)
             except OSError:
                 self.end("gone")
             finally:
                 self.writing.release()
-            if self._rest:
+            if not written:
+                self._behind = True
                 self.ready.set()
             return True
         if len(self._queue) >= self._capacity:
@@ -123,16 +128,17 @@ class Subscription:
             self.reason = reason
         self.ready.set()
 
-    def backlog(self) -> tuple[bytes, list[Rendered]]:
-        """For a subscription written directly: wait until the publisher left something
-        (the rest of a write, queued items) or it ended; then that, taken. Call it holding
-        ``writing``, and write it all before letting go."""
-        rest, self._rest = self._rest, b""
-        return rest, self._taken()
+    def backlog(self) -> list[Rendered]:
+        """For a subscription written directly: what was queued meanwhile, taken; the
+        connection is no longer behind once it has written its rest and these. Call it
+        holding ``writing``, and write it all before letting go."""
+        self._behind = False
+        return self._taken()
 
     def wait(self, until: float | None = None) -> None:
-        """Until something is queued or left to write, it ended, or (monotonic) ``until``."""
-        while not self._queue and not self._rest and self.reason is None:
+        """Until something is queued, the connection is behind, it ended, or (monotonic)
+        ``until``."""
+        while not self._queue and not self._behind and self.reason is None:
             left = None if until is None else until - time.monotonic()
             if left is not None and left <= 0:
                 return
@@ -151,6 +157,40 @@ class Subscription:
                 items.append(self._queue.popleft())
             except IndexError:
                 return items
+
+
+class SocketWriter:
+    """Writes to a connection's socket, without waiting (``write_nowait``, for the
+    publisher) or within the socket's timeout (``write_all``), keeping what the socket did
+    not take at once and sending it before anything else, so that what was begun (an
+    HTTP chunk, a WebSocket frame) is always finished first. Whoever calls it holds the
+    subscription's ``writing``."""
+
+    __slots__ = ("_fd", "_sock", "unsent")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.unsent = b""
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write what the socket takes now; False when some is left for ``write_all``. The
+        socket must be non-blocking underneath (it is, under gevent or with a timeout)."""
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        self.unsent = data[written:]
+        return not self.unsent
+
+    def write_all(self, chunks: Iterable[bytes] = ()) -> None:
+        """What is left, then ``chunks``; raises what the socket raises (a timeout: the
+        client stopped reading)."""
+        if self.unsent:
+            self._sock.sendall(self.unsent)
+            self.unsent = b""
+        for chunk in chunks:
+            self._sock.sendall(chunk)
 
 
 class Hub:

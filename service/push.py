@@ -28,11 +28,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import socket
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,7 +41,7 @@ from werkzeug.exceptions import HTTPException
 from service import errors
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
-from service.fanout import HEARTBEAT, REPLAY_YIELD_EVERY, Rendered, Subscription
+from service.fanout import HEARTBEAT, REPLAY_YIELD_EVERY, Rendered, SocketWriter, Subscription
 from service.feed import HISTORY_MAX, PriceFeed
 from service.logs import get_logger
 from service.request_facts import facts_of
@@ -225,15 +224,16 @@ def websocket() -> flask.Response:
     symbols: list[str] = flask.g.push_symbols
     slot: Slot = flask.g.push_slot
     environ = flask.request.environ
+    subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
     ws = WebSocket.accept(
         environ,
         ping_interval=state.settings.stream_heartbeat_seconds,
         send_timeout=PUSH_WRITE_TIMEOUT_SECONDS,
         ended=slot.ended,
+        sending=subscription.writing,  # the fan-out's direct writes and the reader's
     )
     facts = facts_of(environ)
     facts.upgraded = facts.held = True
-    subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
     try:
         if ws.open(on_gone=lambda: subscription.end("gone")):
             _push_to(ws, state, subscription)
@@ -249,12 +249,21 @@ def websocket() -> flask.Response:
 
 def _push_to(ws: WebSocket, state: ServiceState, subscription: Subscription) -> None:
     sent = state.metrics.stream_events.labels("websocket")
-    for item in pushed(state, subscription, after=None):
+    ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
+    for item in pushed(state, subscription, after=None, live=False):
         if item is HEARTBEAT:
             continue  # WebSocket pings keep the connection; no heartbeat frame needed
         if not ws.send_frame(item.frame):
             return  # too slow, or gone
         sent.inc()
+    write_live_directly(
+        state,
+        subscription,
+        ends,
+        lambda item: item is HEARTBEAT or ws.write_nowait(item.frame),
+        lambda items: ws.write_all(item.frame for item in items if item is not HEARTBEAT),
+        sent,
+    )
     if subscription.reason == "slow_consumer":
         ws.close(1013, "too far behind: connect again")  # "try again later"
     elif subscription.reason != "gone":
@@ -318,53 +327,73 @@ class SseStream:
         self._finished = True
 
     def _live_written_directly(self, state: ServiceState, events: Any) -> None:
-        """The live ticks, written to the socket by the fan-out itself: one non-blocking
-        write per tick, no wake-up of this connection. Its greenlet only finishes what
-        the fan-out could not write at once (and what came meanwhile), and ends the
-        stream. The body stays what gunicorn began: HTTP/1.1 chunks, or bare bytes."""
-        subscription, sock, chunked = self._subscription, self._sock, self._chunked
-        assert sock is not None
-        fd = sock.fileno()
+        """The live ticks, written to the socket by the fan-out itself. The body stays
+        what gunicorn began: HTTP/1.1 chunks, or bare bytes."""
+        assert self._sock is not None
+        writer, chunked = SocketWriter(self._sock), self._chunked
 
-        def bytes_of(item: Rendered) -> bytes:
-            return item.chunk if chunked else item.sse
+        def write_all(items: list[Rendered]) -> bool:
+            writer.write_all(item.chunk if chunked else item.sse for item in items)
+            return True  # or it raised: the worker drops the connection
 
-        def send(item: Rendered) -> bytes:
-            data = bytes_of(item)
-            try:
-                written = os.write(fd, data)
-            except BlockingIOError:
-                written = 0
-            if item is not HEARTBEAT:
-                events.inc()
-            return data[written:]
+        write_live_directly(
+            state,
+            self._subscription,
+            self._ends,
+            lambda item: writer.write_nowait(item.chunk if chunked else item.sse),
+            write_all,
+            events,
+        )
 
-        subscription.write_directly(send)
-        try:
-            while True:
-                subscription.wait(until=self._ends)
-                if (
-                    subscription.reason is not None
-                    or state.draining.is_set()
-                    or time.monotonic() >= self._ends
-                ):
+
+def write_live_directly(
+    state: ServiceState,
+    subscription: Subscription,
+    ends: float,
+    write_nowait: Callable[[Rendered], bool],
+    write_all: Callable[[list[Rendered]], bool],
+    events: Any,
+) -> None:
+    """A push connection's live ticks, written by the fan-out itself: one write per tick
+    that does not wait (``write_nowait``), no wake-up of this connection. Its greenlet
+    only finishes what the socket did not take at once, and what came meanwhile
+    (``write_all``, which may wait within the write timeout; False: the connection is
+    gone), and ends the connection at the end of its lifetime (monotonic ``ends``), at the
+    drain, or when the subscription ends."""
+
+    def nowait(item: Rendered) -> bool:
+        written = write_nowait(item)
+        if item is not HEARTBEAT:
+            events.inc()
+        return written
+
+    subscription.write_directly(nowait)
+    try:
+        while True:
+            subscription.wait(until=ends)
+            if (
+                subscription.reason is not None
+                or state.draining.is_set()
+                or time.monotonic() >= ends
+            ):
+                return
+            with subscription.writing:
+                items = [
+                    item
+                    for item in subscription.backlog()
+                    if item is HEARTBEAT or item.tick > subscription.last
+                ]
+                if not write_all(items):
                     return
-                with subscription.writing:
-                    rest, items = subscription.backlog()
-                    if rest:
-                        sock.sendall(rest)
-                    for item in items:
-                        if item is not HEARTBEAT and item.tick <= subscription.last:
-                            continue
-                        sock.sendall(bytes_of(item))
-                        if item is not HEARTBEAT:
-                            subscription.last = item.tick
-                            events.inc()
-        finally:
-            with subscription.writing:  # a chunk begun is ended before the body is
-                rest = subscription.stop_writing_directly()
-            if rest and subscription.reason != "gone":
-                sock.sendall(rest)
+                for item in items:
+                    if item is not HEARTBEAT:
+                        subscription.last = item.tick
+                        events.inc()
+    finally:
+        with subscription.writing:  # what was begun (a chunk, a frame) is finished first
+            subscription.stop_writing_directly()
+            if subscription.reason != "gone":
+                write_all([])
 
 
 def _ended_by_itself(state: ServiceState) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -40,6 +40,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from service.errors import ApiError
+from service.fanout import SocketWriter
 
 MAX_MESSAGE_BYTES = 4096  # clients have nothing to say; what they do say stays small
 RECEIVE_BYTES = 4096
@@ -77,15 +78,19 @@ class WebSocket:
         ping_interval: float,
         send_timeout: float,
         ended: threading.Event,
+        sending: threading.Lock | None = None,
     ) -> None:
         self._sock = sock
+        self._writer = SocketWriter(sock)
         self._connection = connection
         self._ping_interval = ping_interval
         self._send_timeout = send_timeout
         self.ended = ended
         self.close_code: int | None = None  # what ended it, when we know
         self.too_slow = False  # a send timed out: the client stopped reading
-        self._sending = threading.Lock()
+        # Held by whoever writes a frame: the sender, the reader (pongs, pings), and the
+        # fan-out writing directly (its subscription's ``writing``).
+        self._sending = sending or threading.Lock()
         self._reader: threading.Thread | None = None
         self._reader_done = threading.Event()
         self._gone = False
@@ -99,6 +104,7 @@ class WebSocket:
         ping_interval: float,
         send_timeout: float,
         ended: threading.Event,
+        sending: threading.Lock | None = None,
     ) -> WebSocket:
         sock = environ.get("gunicorn.socket")
         if sock is None:
@@ -112,7 +118,12 @@ class WebSocket:
         if not (events and isinstance(events[0], Request)):
             raise NotAWebSocket("incomplete handshake")
         return cls(
-            sock, connection, ping_interval=ping_interval, send_timeout=send_timeout, ended=ended
+            sock,
+            connection,
+            ping_interval=ping_interval,
+            send_timeout=send_timeout,
+            ended=ended,
+            sending=sending,
         )
 
     def open(self, on_gone: Callable[[], None] | None = None) -> bool:
@@ -134,17 +145,34 @@ class WebSocket:
         """Send a frame already encoded (the fan-out encodes each tick's once for every
         connection); False when the connection is gone (or was just cut)."""
         with self._sending:
-            if self._gone:
-                return False
-            try:
-                self._sock.sendall(frame)
-                return True
-            except TimeoutError:
-                self.too_slow = True
-            except OSError:
-                pass
+            return self.write_all((frame,))
+
+    def write_nowait(self, frame: bytes) -> bool:
+        """Holding the sending lock: write what the socket takes of ``frame`` now; False
+        when some is left (sent before anything else, by ``write_all`` or any send).
+        Raises OSError when the connection is gone."""
+        if self._gone:
+            raise ConnectionResetError("the WebSocket is gone")
+        try:
+            return self._writer.write_nowait(frame)
+        except OSError:
             self._cut_locked()
+            raise
+
+    def write_all(self, frames: Iterable[bytes] = ()) -> bool:
+        """Holding the sending lock: what is left of a frame, then ``frames``, each whole
+        within the send timeout; False (the connection cut) when that failed."""
+        if self._gone:
             return False
+        try:
+            self._writer.write_all(frames)
+            return True
+        except TimeoutError:
+            self.too_slow = True
+        except OSError:
+            pass
+        self._cut_locked()  # part of a frame may have gone out: nothing may follow it
+        return False
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake, give the peer a moment to answer, then end."""
@@ -166,17 +194,10 @@ class WebSocket:
                 return False
             try:
                 data = self._connection.send(event)
-                self._sock.sendall(data)
-                return True
-            except TimeoutError:
-                self.too_slow = True
+            except LocalProtocolError:  # the connection is closing already
                 self._cut_locked()
                 return False
-            except (OSError, LocalProtocolError):
-                # A timeout (the client stopped reading) or a connection already closed.
-                # Part of a frame may have gone out: nothing may follow it.
-                self._cut_locked()
-                return False
+            return self.write_all((data,))
 
     def _cut(self) -> None:
         with self._sending:

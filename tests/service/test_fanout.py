@@ -4,13 +4,22 @@ ticks are long, and every subscription ended on drain."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
 
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from service.fanout import HEARTBEAT, QUEUE_TICKS, Hub, Rendered, Subscription, render
+from service.fanout import (
+    HEARTBEAT,
+    QUEUE_TICKS,
+    Hub,
+    Rendered,
+    SocketWriter,
+    Subscription,
+    render,
+)
 
 
 class Documents:
@@ -101,9 +110,9 @@ def test_unsubscribed_streams_get_nothing_more() -> None:
 def test_a_subscription_written_directly_gets_each_tick_once_and_the_rest_later() -> None:
     sent: list[int] = []
 
-    def send(item: Rendered) -> bytes:  # takes all but the last byte of tick 7
+    def send(item: Rendered) -> bool:  # the socket takes all but the end of tick 7
         sent.append(item.tick)
-        return item.sse[-1:] if item.tick == 7 else b""
+        return item.tick != 7
 
     subscription = Subscription(("BTC",))
     subscription.last = 5  # given from the cache already
@@ -111,6 +120,38 @@ def test_a_subscription_written_directly_gets_each_tick_once_and_the_rest_later(
     for tick in (5, 6, 7, 8):
         assert subscription.put(render(tick, "{}"))
     assert sent == [6, 7]  # 5 was sent already; 8 waits behind the rest of 7
+    assert subscription.ready.is_set()  # the connection is woken: it is behind
     with subscription.writing:
-        rest, queued = subscription.backlog()
-    assert rest == b"\n" and [item.tick for item in queued] == [8]
+        queued = subscription.backlog()
+    assert [item.tick for item in queued] == [8]
+    assert subscription.put(render(9, "{}")) and sent == [6, 7, 9]  # caught up: direct again
+
+
+def test_a_socket_writer_finishes_what_the_socket_did_not_take_before_anything_else() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.settimeout(5)  # non-blocking underneath, as the workers' sockets are
+        writer = SocketWriter(ours)
+        chunks = [bytes([65 + n % 26]) * 3000 for n in range(200)]
+        taken_at_once = 0
+        for chunk in chunks:
+            if not writer.write_nowait(chunk):
+                break
+            taken_at_once += 1
+        assert taken_at_once < len(chunks) and writer.unsent  # the buffers filled up
+        received = bytearray()
+        reader = threading.Thread(target=lambda: received.extend(read_all(theirs)))
+        reader.start()
+        writer.write_all(chunks[taken_at_once + 1 :])
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(10)
+    assert bytes(received) == b"".join(chunks)  # whole, in order, nothing twice
+
+
+def read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data.extend(chunk)
+    return bytes(data)
