@@ -1,6 +1,7 @@
 """Push clients for ``make scale``, in a process of their own (so that the server's
 figures are the server's): N SSE streams or WebSockets on one asyncio loop, and
-optionally far-behind SSE streams that ask for 999 ticks back and never read.
+optionally far-behind SSE streams that ask for 999 ticks back and never read (opened
+once the others are steady, so that what their replays cost the others is measured).
 
 Each client notes every tick it sees (the SSE ``id``, the WebSocket document's ``tick``)
 and when, and reconnects as EventSource does (SSE resumes with ``Last-Event-ID``). On
@@ -264,11 +265,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     steady_from: float | None = None
     held: list[socket.socket] = []
     host, port = args.url.removeprefix("http://").split(":")
-    if args.far_behind:
-        tick = int(time.time() // args.tick)
-        held = [
-            far_behind(host, int(port), "/v1/prices/stream", tick) for _ in range(args.far_behind)
-        ]
     client = sse_client if args.transport == "sse" else websocket_client
     tasks = []
     for start in range(0, args.clients, RAMP_BATCH):
@@ -278,8 +274,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.ready_file:
         while not stop.is_set() and not all(seen.ticks for seen in clients):
             await asyncio.sleep(0.2)
+        steady_from = time.time()  # every client connected and served: the ramp is over
+    if args.far_behind:  # once the others are steady, so that their replays are measured
+        tick = int(time.time() // args.tick)
+        held = await loop.run_in_executor(
+            None,
+            lambda: [
+                far_behind(host, int(port), "/v1/prices/stream", tick)
+                for _ in range(args.far_behind)
+            ],
+        )
+    if args.ready_file:
         Path(args.ready_file).write_text("ready")
-        steady_from = time.time() + args.tick
     await stop.wait()
     for task in tasks:
         task.cancel()

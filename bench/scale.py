@@ -11,13 +11,14 @@ as set below. Rows:
   arrival (clients' clock, p50/p99); the server's own fan-out time per tick (first
   connection to last, from its ``stream_fanout_seconds`` histogram, p99); live memory
   per open connection (the worker's RSS with all open, read while open, less its RSS
-  before any opened) and the kernel's TCP memory (``/proc/net/sockstat``, both ends,
-  since both are on this machine); the worker's CPU per delivered event over the window
+  before any opened) and the kernel's TCP memory (``/proc/net/sockstat``, its highest
+  through the window, both ends since both are on this machine); the worker's CPU per delivered event over the window
   ("below the clock's resolution" when that rests on fewer than 100 clock ticks); four
   pollers beside them (statuses, p99).
 * ``far_behind``: far-behind clients that ask for 999 ticks back and never read, beside
-  normal streams: the normal ones must miss nothing; the worker's RSS sampled while they
-  hang.
+  normal streams (opened once those are steady, so that their replays fall in the
+  measured window): the normal ones must miss nothing; the worker's RSS sampled once they
+  hang (from two ticks after they opened).
 * ``restart``: N SSE streams, the service SIGTERMed and a new one started on the same
   port: the longest silence a client went through, and ticks lost.
 
@@ -237,8 +238,11 @@ def clients(port: int, workdir: Path, *args: str) -> Iterator[dict[str, Any]]:
 def measured(port: int, worker: int, seconds: float) -> dict[str, Any]:
     """The server over ``seconds`` with the clients connected: CPU, events, fan-out."""
     before, cpu_before, started = scrape(port), cpu_of([worker]), time.monotonic()
-    rss_open, sockets = rss(worker), tcp_memory()
-    time.sleep(seconds)
+    rss_open = rss(worker)
+    sockets = []  # sampled through the window: between two ticks the buffers are empty
+    while time.monotonic() - started < seconds:
+        sockets.append(tcp_memory())
+        time.sleep(0.25)
     after, cpu_after = scrape(port), cpu_of([worker])
     elapsed = time.monotonic() - started
     events = total(after, "stream_events_sent_total") - total(before, "stream_events_sent_total")
@@ -259,7 +263,7 @@ def measured(port: int, worker: int, seconds: float) -> dict[str, Any]:
         else "below the clock's resolution",
         "fanout_p99_le_s": fanout,
         "rss_open": rss_open,
-        "tcp_memory": sockets,
+        "tcp_memory_max": max(sockets),
     }
 
 
@@ -272,6 +276,10 @@ def row_streams(transport: str, size: int, workdir: Path) -> dict[str, Any]:
         with clients(port, workdir, *args) as seen, Pollers(port) as pollers:
             server = measured(port, worker, SECONDS)
         server["rss_per_connection_kib"] = round((server["rss_open"] - idle) / size / 1024, 1)
+        # Both ends are on this machine: the kernel's figure holds the clients' sockets too.
+        server["tcp_memory_max_per_connection_kib"] = round(
+            server["tcp_memory_max"] / size / 1024, 2
+        )
         return {"row": transport, "size": size, "server": server, "clients": seen,
                 "pollers": pollers.summary(), "rss_idle": idle}  # fmt: skip
 
@@ -283,6 +291,9 @@ def row_far_behind(far: int, normal: int, workdir: Path) -> dict[str, Any]:
         idle = rss(worker)
         args = ("--clients", str(normal), "--far-behind", str(far))
         with clients(port, workdir, *args) as seen:
+            # The far-behind ones open as the others are steady; their replays are written
+            # (or stuck in full sockets) within a tick or two: then they hang.
+            time.sleep(2 * TICK)
             samples = []
             for _ in range(int(SECONDS)):
                 samples.append(rss(worker))
@@ -409,6 +420,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_ms(seen['delay_p99_s'])} |",
                 f"| fan-out p99 (server) | {_bound(server['fanout_p99_le_s'])} |",
                 f"| worker memory per open connection | {server['rss_per_connection_kib']} KiB |",
+                "| kernel TCP memory per connection, both ends, highest | "
+                f"{server['tcp_memory_max_per_connection_kib']} KiB |",
                 f"| worker CPU per delivered event | "
                 f"{cpu if isinstance(cpu, str) else f'{cpu} µs'} |",
                 f"| events delivered in {server['window_s']} s | {server['events']:,.0f} |",

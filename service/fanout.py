@@ -215,6 +215,10 @@ class Hub:
         self._lock = threading.Lock()
         self._publisher: threading.Thread | None = None
         self._draining = False
+        # Clear while a fan-out runs: replays wait for it (``wait_for_fanout``), so that
+        # reconnects asking for the past never delay the present.
+        self._idle = threading.Event()
+        self._idle.set()
         self.rendered = lru_cache(maxsize=REPLAY_CACHE)(self._render)
 
     def _render(self, key: tuple[str, ...], tick: int) -> Rendered:
@@ -222,6 +226,11 @@ class Hub:
 
     def tick_at(self, now: float) -> int:
         return int(now // self._tick_seconds)
+
+    def wait_for_fanout(self) -> None:
+        """Yield to the event loop, and wait while a fan-out runs."""
+        time.sleep(0)
+        self._idle.wait()
 
     def subscribe(self, symbols: Iterable[str]) -> Subscription:
         return self.attach(Subscription(tuple(symbols)))
@@ -285,12 +294,16 @@ class Hub:
         with self._lock:
             groups = [(key, list(subscribers)) for key, subscribers in self._subscriptions.items()]
         delivered = 0
-        for key, subscribers in groups:
-            item = item_of(key)
-            for subscription in subscribers:
-                subscription.put(item)
-                delivered += 1
-                if delivered % YIELD_EVERY == 0:
-                    time.sleep(0)  # under gevent: let polls and writes run
+        self._idle.clear()
+        try:
+            for key, subscribers in groups:
+                item = item_of(key)
+                for subscription in subscribers:
+                    subscription.put(item)
+                    delivered += 1
+                    if delivered % YIELD_EVERY == 0:
+                        time.sleep(0)  # under gevent: let polls and writes run
+        finally:
+            self._idle.set()
         if self._on_fanout is not None and delivered:
             self._on_fanout(time.perf_counter() - started, delivered)

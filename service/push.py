@@ -250,12 +250,12 @@ def websocket() -> flask.Response:
 def _push_to(ws: WebSocket, state: ServiceState, subscription: Subscription) -> None:
     sent = state.metrics.stream_events.labels("websocket")
     ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
-    for item in pushed(state, subscription, after=None, live=False):
-        if item is HEARTBEAT:
-            continue  # WebSocket pings keep the connection; no heartbeat frame needed
-        if not ws.send_frame(item.frame):
+    for batch in batched(pushed(state, subscription, after=None, live=False)):
+        # WebSocket pings keep the connection; no heartbeat frame needed
+        frames = [item.frame for item in batch if item is not HEARTBEAT]
+        if frames and not ws.send_frame(b"".join(frames)):
             return  # too slow, or gone
-        sent.inc()
+        sent.inc(len(frames))
     write_live_directly(
         state,
         subscription,
@@ -318,10 +318,12 @@ class SseStream:
         yield f"retry: {retry_ms(SSE_RETRY_SECONDS)}\n\n".encode()
         events = state.metrics.stream_events.labels("sse")
         direct = self._sock is not None and self._chunked is not None
-        for item in pushed(state, self._subscription, after, live=not direct):
-            yield item.sse
-            if item is not HEARTBEAT:
-                events.inc()
+        items = pushed(state, self._subscription, after, live=not direct)
+        # Written directly, the live ticks do not pass here, so the replay may be batched:
+        # one write per batch, not per tick (a reconnect asking for 999 ticks back).
+        for batch in batched(items) if direct else ([item] for item in items):
+            yield b"".join(item.sse for item in batch)
+            events.inc(sum(item is not HEARTBEAT for item in batch))
         if direct:
             self._live_written_directly(state, events)
         self._finished = True
@@ -432,7 +434,7 @@ def pushed(
             subscription.last = last
             yield hub.rendered(key, last)
             if last % REPLAY_YIELD_EVERY == 0:
-                time.sleep(0)  # under gevent: let the other connections run
+                hub.wait_for_fanout()  # let the others run, the live ticks first
 
     yield from from_cache(current)
     hub.attach(subscription)
@@ -449,6 +451,19 @@ def pushed(
                     return
                 last = subscription.last = item.tick
                 yield item
+
+
+def batched(items: Iterator[Rendered], size: int = REPLAY_YIELD_EVERY) -> Iterator[list[Rendered]]:
+    """``items`` in lists of up to ``size``, each as soon as it is full or ``items`` ends
+    (so only for items that come without waiting: a replay)."""
+    batch: list[Rendered] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def document(feed: PriceFeed, symbols: Iterable[str], tick: int, now: float) -> str:

@@ -155,3 +155,25 @@ def read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data.extend(chunk)
     return bytes(data)
+
+
+def test_a_replay_waits_while_a_fanout_runs() -> None:
+    hub = hub_of(Documents())
+    in_fanout, release = threading.Event(), threading.Event()
+
+    def send(item: Rendered) -> bool:  # a write the fan-out is in the middle of
+        in_fanout.set()
+        return release.wait(5)
+
+    hub.subscribe(["BTC"]).write_directly(send)
+    publisher = threading.Thread(target=hub.publish, args=(1,))
+    publisher.start()
+    assert in_fanout.wait(5)
+    replay = threading.Thread(target=hub.wait_for_fanout)
+    replay.start()
+    replay.join(0.3)
+    assert replay.is_alive()  # held back while the tick goes out
+    release.set()
+    replay.join(5)
+    publisher.join(5)
+    assert not replay.is_alive()
