@@ -274,8 +274,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.ready_file:
         while not stop.is_set() and not all(seen.ticks for seen in clients):
             await asyncio.sleep(0.2)
-        steady_from = time.time()  # every client connected and served: the ramp is over
+        steady_from = time.time() + args.tick  # the ramp's last fan-outs are over
     if args.far_behind:  # once the others are steady, so that their replays are measured
+        await asyncio.sleep(max(0.0, (steady_from or time.time()) - time.time()))
         tick = int(time.time() // args.tick)
         held = await loop.run_in_executor(
             None,
