@@ -6,11 +6,14 @@ service in its default shape (``crypto-service`` with only the limit raised, sin
 client shares one address): requests per price change per client; bytes per change per
 client in each direction, HTTP headers included, read at the socket (TCP_INFO's
 bytes_acked and bytes_received); delay from a tick's start to the client seeing it (p50,
-p99); server CPU seconds per client-hour and memory per client (from /proc); failures.
-Then the scale check: 1,000 SSE clients and 100 tick-aligned pollers at once.
+p99) and, for pushes, the server's own fan-out time (p99); server CPU seconds per
+client-hour (none where it would rest on fewer than 100 clock ticks) and live memory per
+client (with every client open, less before any; from /proc); failures.
 
-One asyncio process (aiohttp) holds every client. Writes bench/compare.json,
-bench/COMPARE.md and bench/compare.png.
+One asyncio process (aiohttp) holds every client of these runs. Then the push path at
+scale (``bench.scale``: 10,000 SSE streams, WebSockets, far-behind clients, a restart,
+with the clients in their own process), unless COMPARE_SCALE=0. Writes
+bench/compare.json, bench/COMPARE.md, bench/compare.png (and bench/scale.json).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,17 +38,17 @@ from typing import Any
 import aiohttp
 
 from bench.bench import NO_LIMIT, free_port, serve
-from bench.procfs import children, cpu_of
+from bench.procfs import CLOCK_TICKS, children, cpu_of
+from bench.scale import LEAST_CLOCK_TICKS, buckets, quantile, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TICK = 3.0  # the service's default tick
 TICKS = int(os.environ.get("COMPARE_TICKS", "20"))
 SIZES = tuple(int(n) for n in os.environ.get("COMPARE_SIZES", "10,100,1000").split(","))
-# The scale check: 1,000 streams and 100 pollers at once ("0" skips it).
-SCALE = (
-    (("sse", 1000), ("poll-aligned", 100)) if os.environ.get("COMPARE_SCALE", "1") != "0" else ()
-)
+# Then the push path at scale (bench/scale.py's rows, written to bench/scale.json, which
+# the report shows too); "0" keeps the committed scale.json.
+AT_SCALE = os.environ.get("COMPARE_SCALE", "1") != "0"
 SPREAD = 0.25  # crypto-poll's default spread after a tick
 TCP_INFO_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
 TCP_INFO_OFFSET = 120  # after 8 one-byte fields, 24 u32 and two u64 pacing rates
@@ -248,7 +252,9 @@ async def drive(url: str, groups: list[tuple[str, int]], seconds: float) -> dict
     return clients
 
 
-def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> dict[str, float]:
+def summarise(
+    clients: list[Client], seconds: float, cpu: float, live_memory: float
+) -> dict[str, float]:
     n = len(clients)
     changes = sum(c.changes for c in clients) or 1
     delays = sorted(d for c in clients for d in c.delays)
@@ -259,6 +265,7 @@ def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> di
         if len(latencies) > 1
         else math.nan
     )
+    clock_ticks = round(cpu * CLOCK_TICKS)
     return {
         "clients": n,
         "changes_per_client": changes / n,
@@ -270,28 +277,42 @@ def summarise(clients: list[Client], seconds: float, cpu: float, rss: int) -> di
         "bytes_down_per_change": sum(c.received for c in clients) / changes,
         "delay_p50_s": cuts[49] if cuts else math.nan,
         "delay_p99_s": cuts[98] if cuts else math.nan,
-        "cpu_s_per_client_hour": cpu / n / seconds * 3600,
-        "memory_kib_per_client": rss / n / 1024,
+        # Fewer clock ticks than LEAST_CLOCK_TICKS: the figure would be noise (NaN).
+        "server_cpu_clock_ticks": float(clock_ticks),
+        "cpu_s_per_client_hour": cpu / n / seconds * 3600
+        if clock_ticks >= LEAST_CLOCK_TICKS
+        else math.nan,
+        "live_memory_kib_per_client": live_memory / n / 1024,
         "connections_per_client": sum(len(c.sockets) for c in clients) / n,
         "request_p99_s": latency_p99,  # polls only: how long the server took to answer
         "failures": float(sum(c.failures for c in clients)),
     }
 
 
-def run_one(groups: list[tuple[str, int]], seconds: float, env: dict[str, str]) -> dict[str, Any]:
+def run_one(transport: str, size: int, seconds: float, env: dict[str, str]) -> dict[str, Any]:
+    """``size`` clients of ``transport`` for ``seconds``; the server's CPU over the run, its
+    memory with every client open (read half way) less before any, and, for pushes, its
+    own fan-out time per tick (p99 from its histogram), beside the clients' figures."""
     port = free_port()
     with serve([str(BIN / "crypto-service")], env, port) as process:
         url = f"http://127.0.0.1:{port}"
         pids = [process.pid, *children(process.pid)]
-        rss_before, cpu_before = rss_bytes(pids), cpu_of(pids).total
-        clients = asyncio.run(drive(url, groups, seconds))
+        rss_idle, cpu_before, before = rss_bytes(pids), cpu_of(pids).total, scrape(port)
+        live: list[int] = []
+        halfway = threading.Timer(seconds / 2, lambda: live.append(rss_bytes(pids)))
+        halfway.start()
+        clients = asyncio.run(drive(url, [(transport, size)], seconds))
+        halfway.cancel()
         cpu = cpu_of(pids).total - cpu_before
-        rss = max(0, rss_bytes(pids) - rss_before)
-    total = sum(n for _, n in groups)
-    return {
-        name: summarise(clients[name], seconds, cpu * n / total, rss * n // total)
-        for name, n in groups
-    }
+        after = scrape(port)
+    result = summarise(clients[transport], seconds, cpu, live[0] - rss_idle if live else math.nan)
+    fanout = quantile(
+        buckets(before, "stream_fanout_seconds_bucket"),
+        buckets(after, "stream_fanout_seconds_bucket"),
+        0.99,
+    )
+    result["fanout_p99_le_s"] = math.nan if fanout is None else fanout
+    return result
 
 
 def default_shape(directory: str) -> dict[str, str]:
@@ -306,20 +327,18 @@ def default_shape(directory: str) -> dict[str, str]:
 def main() -> None:
     seconds = TICKS * TICK
     results: dict[str, Any] = {"ticks": TICKS, "tick_seconds": TICK, "runs": {}}
-    if os.environ.get("COMPARE_ONLY_SCALE") == "1":  # keep the runs, measure the scale again
-        results = json.loads((ROOT / "bench" / "compare.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
-        for size in SIZES if os.environ.get("COMPARE_ONLY_SCALE") != "1" else ():
+        for size in SIZES:
             for transport in TRANSPORTS:
                 env = default_shape(f"{scratch}/{transport}-{size}")
-                result = run_one([(transport, size)], seconds, env)[transport]
+                result = run_one(transport, size, seconds, env)
                 results["runs"][f"{transport}/{size}"] = result
                 print(f"{transport:14s} {size:5d} {json.dumps(result)}", flush=True)
-        if SCALE:
-            mixed = run_one(list(SCALE), seconds, default_shape(f"{scratch}/scale"))
-            results["scale"] = mixed
-            print("scale", json.dumps(mixed), flush=True)
     (ROOT / "bench" / "compare.json").write_text(json.dumps(results, indent=2) + "\n")
+    if AT_SCALE:  # 10,000 streams and the rest, clients in their own process: scale.json
+        from bench import scale
+
+        scale.main()
     from bench.compare_report import write_report
 
     write_report(results)

@@ -120,6 +120,20 @@ def measure(texts: list[str]) -> dict[str, Any]:
     }
 
 
+def readme_line(report: dict[str, Any]) -> str:
+    """The README's figures on permessage-deflate, from deflate.json (a test holds it)."""
+    off, shared, own = report["off"], report["shared"], report["per_connection"]
+    return (
+        f"A pushed document is {off['bytes_per_message']:.0f} bytes on the wire uncompressed; "
+        f"compressed alone (one compression a tick for every connection) "
+        f"{shared['bytes_per_message']:.0f} bytes ({shared['bytes_saved_share']:.0%} less) "
+        f"for {shared['cpu_per_tick_us']:.0f} µs of CPU a tick; with each connection's own "
+        f"compressor {own['bytes_per_message']:.0f} bytes ({own['bytes_saved_share']:.0%} "
+        f"less) for {own['cpu_per_message_us']:.1f} µs per message and "
+        f"{own['memory_per_connection_kib']:.0f} KiB held per connection."
+    )
+
+
 def main() -> None:
     report = measure(documents())
     (ROOT / "bench" / "deflate.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -372,6 +372,67 @@ def readme_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FLAT_MIB = 4  # "memory flat while they hang": RSS moves by no more than this
+
+
+def goals_table(report: dict[str, Any]) -> str:
+    """Issue #20's goals against the run, each measured figure from scale.json."""
+    lines = ["| goal | measured | met |", "| --- | --- | :---: |"]
+
+    def goal(text: str, measured: str, met: bool) -> None:
+        lines.append(f"| {text} | {measured} | {'yes' if met else '**no**'} |")
+
+    for row in report["rows"]:
+        seen, size = row["clients"], row["size"]
+        every = seen["complete"] == seen["clients"] and not seen["ticks_repeated"]
+        p99 = seen["delay_p99_s"] or math.inf
+        if row["row"] in ("sse", "websocket"):
+            name = f"{size:,} {'SSE streams' if row['row'] == 'sse' else 'WebSockets'}"
+            goal(f"{name}: every tick, none twice", f"{seen['complete']:,} of {size:,}", every)
+            goal(f"{name}: tick to seen p99 ≤ 500 ms", _ms(p99), p99 <= 0.5)
+            if row["row"] == "sse":
+                server, pollers = row["server"], row["pollers"]
+                cpu = server["cpu_per_event_us"]
+                goal(
+                    f"{name}: live memory ≤ 50 KiB per stream",
+                    f"{server['rss_per_connection_kib']} KiB",
+                    server["rss_per_connection_kib"] <= 50,
+                )
+                goal(
+                    f"{name}: server CPU ≤ 30 µs per event",
+                    cpu if isinstance(cpu, str) else f"{cpu} µs",
+                    not isinstance(cpu, str) and cpu <= 30,
+                )
+                goal(
+                    f"{name}: four pollers beside, all 200, p99 ≤ 250 ms",
+                    f"{pollers['not_200']} not 200, {_ms(pollers['p99_s'])}",
+                    not pollers["not_200"] and (pollers["p99_s"] or math.inf) <= 0.25,
+                )
+        elif row["row"] == "far_behind":
+            name = f"{size:,} streams beside {row['far_behind']} far-behind"
+            goal(f"{name}: none misses a tick", f"{seen['ticks_missed']} missed", every)
+            goal(f"{name}: tick to seen p99 ≤ 300 ms", _ms(p99), p99 <= 0.3)
+            moved = (row["rss_max"] - row["rss_min"]) / 2**20
+            goal(
+                f"{name}: server memory flat while they hang (moves ≤ {FLAT_MIB} MiB)",
+                f"moved {moved:.1f} MiB",
+                moved <= FLAT_MIB,
+            )
+        elif row["row"] == "restart":
+            silence = seen["longest_silence_s"]
+            goal(
+                f"a restart under {size:,} SSE streams: every client back within 30 s",
+                f"longest silence {silence:.1f} s",
+                every and silence <= 30,
+            )
+            goal(
+                f"a restart under {size:,} SSE streams: no tick lost",
+                f"{seen['ticks_missed']} missed",
+                not seen["ticks_missed"],
+            )
+    return "\n".join(lines)
+
+
 def _bound(seconds: float | None) -> str:
     """A histogram quantile: the bound of its bucket (past the last: above that one)."""
     if seconds is None:
@@ -402,6 +463,7 @@ def markdown(report: dict[str, Any]) -> str:
         "Written by `bench/scale.py` from `bench/scale.json`.",
         "",
     ]
+    lines += ["## Against issue #20's goals", "", goals_table(report), ""]
     for row in report["rows"]:
         seen = row["clients"]
         name = row["row"]
