@@ -118,17 +118,29 @@ def readme_findings(results: dict[str, Any]) -> str:
             f"({at('poll-aligned', big, 'bytes_up_per_change'):.0f} up, "
             f"{at('poll-aligned', big, 'bytes_down_per_change'):.0f} down: headers, body "
             f"and the connection's first request spread over the {results['ticks']} ticks); "
-            f"a pushed price {min(push):.0f}-{max(push):.0f} bytes.",
+            f"a pushed price {_span(push, '.0f')} bytes.",
             "* Tick-aligned polling against the seed's 2 s loop: "
             f"{at('poll-aligned', big, 'requests_per_change'):.2f} requests per change "
             f"instead of {at('poll-fixed-2s', big, 'requests_per_change'):.2f}, "
-            f"{min(saved):.0%}-{max(saved):.0%} fewer bytes, the price seen at p50 "
+            f"{_span(saved, '.0%')} fewer bytes, the price seen at p50 "
             f"{at('poll-aligned', min(sizes), 'delay_p50_s'):.2f} s instead of "
             f"{at('poll-fixed-2s', min(sizes), 'delay_p50_s'):.2f} s at {min(sizes)} clients "
             f"and {at('poll-aligned', big, 'delay_p50_s'):.2f} s at {big:,}, where every "
             "poller arrives within the spread after each tick.",
+            f"* At {big:,} clients, against tick-aligned polling: SSE costs the server "
+            f"{at('sse', big, 'cpu_s_per_client_hour') / at('poll-aligned', big, 'cpu_s_per_client_hour'):.0%} "
+            f"of the CPU per client and {total('sse', big) / total('poll-aligned', big):.0%} "
+            "of the bytes, WebSocket "
+            f"{at('websocket', big, 'cpu_s_per_client_hour') / at('poll-aligned', big, 'cpu_s_per_client_hour'):.0%} "
+            f"and {total('websocket', big) / total('poll-aligned', big):.0%}.",
         ]
     )
+
+
+def _span(values: list[float], spec: str) -> str:
+    """``min-max`` of ``values`` as formatted, or the one value when they read the same."""
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
 
 
 def _cpu(run: dict[str, float]) -> str:

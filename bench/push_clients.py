@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Seen:
     arrivals: list[float] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
     connections: int = 0
+    received: int = 0  # bytes, as read from the socket (headers and framing included)
 
     def saw(self, tick: int, tick_seconds: float) -> None:
         now = time.time()
@@ -69,6 +71,7 @@ class SseProtocol(asyncio.Protocol):
         self.seen.connections += 1
 
     def data_received(self, data: bytes) -> None:
+        self.seen.received += len(data)
         self.pending += data
         start = 0
         while (found := self.pending.find(b"id: ", start)) >= 0:
@@ -110,9 +113,10 @@ async def sse_client(host: str, port: int, seen: Seen, tick_seconds: float) -> N
 TICK_IN_DOCUMENT = re.compile(rb'"tick": ?(\d+)')
 
 
-def next_frame(data: bytes) -> tuple[int, bytes, int] | None:
+def next_frame(data: bytes) -> tuple[int, bool, bytes, int] | None:
     """The first whole server frame in ``data`` (RFC 6455, 5.2; a server's are unmasked):
-    its opcode, payload and length in ``data``; None if it has not all arrived."""
+    its opcode, whether it is compressed (RSV1, RFC 7692), its payload and its length in
+    ``data``; None if it has not all arrived."""
     if len(data) < 2:
         return None
     opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
@@ -126,7 +130,7 @@ def next_frame(data: bytes) -> tuple[int, bytes, int] | None:
         length, start = int.from_bytes(data[2:10], "big"), 10
     if len(data) < start + length:
         return None
-    return opcode, data[start : start + length], start + length
+    return opcode, bool(data[0] & 0x40), data[start : start + length], start + length
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -155,6 +159,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        self.seen.received += len(data)
         self.pending += data
         if not self.open:
             end = self.pending.find(b"\r\n\r\n")
@@ -166,8 +171,10 @@ class WebSocketProtocol(asyncio.Protocol):
             self.open, self.pending = True, self.pending[end + 4 :]
             self.seen.connections += 1
         while (frame := next_frame(self.pending)) is not None:
-            opcode, payload, length = frame
+            opcode, compressed, payload, length = frame
             self.pending = self.pending[length:]
+            if compressed:  # no context taken over: each message inflates alone
+                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
             if opcode == 0x1 and (tick := TICK_IN_DOCUMENT.search(payload)):
                 self.seen.saw(int(tick.group(1)), self.tick_seconds)
             elif opcode == 0x9:
@@ -180,13 +187,16 @@ class WebSocketProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def websocket_client(host: str, port: int, seen: Seen, tick_seconds: float) -> None:
+async def websocket_client(
+    host: str, port: int, seen: Seen, tick_seconds: float, deflate: bool = False
+) -> None:
     loop = asyncio.get_running_loop()
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     while True:
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET /v1/prices/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
         try:
@@ -249,6 +259,9 @@ def summary(clients: list[Seen], far: int, steady_from: float | None) -> dict[st
         "ticks_repeated": repeats,
         "reconnects": sum(max(0, seen.connections - 1) for seen in clients),
         "events": sum(len(seen.ticks) for seen in clients),
+        "bytes_per_event": round(
+            sum(seen.received for seen in clients) / max(1, sum(len(s.ticks) for s in clients)), 1
+        ),
         "delay_p50_s": percentile(delays, 0.50),
         "delay_p99_s": percentile(delays, 0.99),
         "delay_max_s": max(delays, default=None),
@@ -265,11 +278,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     steady_from: float | None = None
     held: list[socket.socket] = []
     host, port = args.url.removeprefix("http://").split(":")
-    client = sse_client if args.transport == "sse" else websocket_client
     tasks = []
     for start in range(0, args.clients, RAMP_BATCH):
         for seen in clients[start : start + RAMP_BATCH]:
-            tasks.append(asyncio.create_task(client(host, int(port), seen, args.tick)))
+            if args.transport == "sse":
+                reader = sse_client(host, int(port), seen, args.tick)
+            else:
+                reader = websocket_client(host, int(port), seen, args.tick, args.deflate)
+            tasks.append(asyncio.create_task(reader))
         await asyncio.sleep(0.2)
     if args.ready_file:
         while not stop.is_set() and not all(seen.ticks for seen in clients):
@@ -303,6 +319,7 @@ def main() -> None:
     parser.add_argument("--far-behind", type=int, default=0)
     parser.add_argument("--tick", type=float, default=3.0)
     parser.add_argument("--ready-file")
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     print(json.dumps(asyncio.run(run(parser.parse_args()))), flush=True)
 
 

@@ -3,8 +3,8 @@ server's side, on this machine, with the clients on it too (in their own process
 ``bench.push_clients``).
 
 The service runs in its default shape (one gevent worker, ``memory://``) with only the
-per-client budgets raised (every client shares one address) and ``WORKER_CONNECTIONS``
-as set below. Rows:
+per-client budgets raised (every client shares one address); SCALE_WORKER_CONNECTIONS
+sets ``WORKER_CONNECTIONS`` (unset: the service's default). Rows:
 
 * ``sse`` and ``websocket``: N connections for SCALE_SECONDS; every client must see every
   tick from its first to the last, none twice; the delay from each tick's start to its
@@ -56,13 +56,19 @@ SECONDS = float(os.environ.get("SCALE_SECONDS", "45"))
 SIZES = {
     "sse": int(os.environ.get("SCALE_SSE", "10000")),
     "websocket": int(os.environ.get("SCALE_WEBSOCKET", "5000")),
+    "websocket_deflate": int(os.environ.get("SCALE_WEBSOCKET", "5000")),
     "far_behind": int(os.environ.get("SCALE_FAR_BEHIND", "300")),
     "beside_far_behind": int(os.environ.get("SCALE_BESIDE_FAR_BEHIND", "2000")),
     "restart": int(os.environ.get("SCALE_RESTART", "5000")),
 }
-ROWS = os.environ.get("SCALE_ROWS", "sse,websocket,far_behind,restart").split(",")
+ROWS = os.environ.get("SCALE_ROWS", "sse,websocket,websocket_deflate,far_behind,restart").split(",")
+STREAM_ROWS = {  # row: (transport, the clients' extra arguments, its name in the tables)
+    "sse": ("sse", (), "SSE"),
+    "websocket": ("websocket", (), "WebSocket"),
+    "websocket_deflate": ("websocket", ("--deflate",), "WebSocket, deflate"),
+}
 POLLERS = 4
-WORKER_CONNECTIONS = os.environ.get("SCALE_WORKER_CONNECTIONS", "12000")
+WORKER_CONNECTIONS = os.environ.get("SCALE_WORKER_CONNECTIONS")  # unset: the default
 LEAST_CLOCK_TICKS = 100  # fewer, and a CPU figure is noise
 
 
@@ -74,7 +80,7 @@ def env(port: int, workdir: Path) -> dict[str, str]:
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
         "RATE_LIMIT": NO_LIMIT,
         "MAX_STREAMS_PER_CLIENT": "100000",
-        "WORKER_CONNECTIONS": WORKER_CONNECTIONS,
+        **({"WORKER_CONNECTIONS": WORKER_CONNECTIONS} if WORKER_CONNECTIONS else {}),
         "LOG_LEVEL": "warning",
     }
 
@@ -129,9 +135,14 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> 
 
 
 def buckets(
-    samples: dict[str, list[tuple[dict[str, str], float]]], name: str
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: str
 ) -> dict[float, float]:
-    return {float(labels["le"]): value for labels, value in samples.get(name, [])}
+    """A histogram's buckets (of the one series whose labels include ``match``)."""
+    return {
+        float(labels["le"]): value
+        for labels, value in samples.get(name, [])
+        if all(labels.get(key) == wanted for key, wanted in match.items())
+    }
 
 
 def quantile(before: dict[float, float], after: dict[float, float], share: float) -> float | None:
@@ -253,8 +264,13 @@ def measured(port: int, worker: int, seconds: float) -> dict[str, Any]:
         buckets(after, "stream_fanout_seconds_bucket"),
         0.99,
     )
+    # The pollers' requests as the server timed them (from reading the request to the
+    # response handed to the socket): what of their delay is the server's.
+    name, route = "http_request_duration_seconds_bucket", "/v1/prices"
+    polls = quantile(buckets(before, name, route=route), buckets(after, name, route=route), 0.99)
     return {
         "window_s": round(elapsed, 1),
+        "polls_server_p99_le_s": polls,
         "open": total(after, "streams_open"),
         "events": events,
         "worker_cpu_s": round(cpu, 2),
@@ -267,12 +283,13 @@ def measured(port: int, worker: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def row_streams(transport: str, size: int, workdir: Path) -> dict[str, Any]:
+def row_streams(row: str, size: int, workdir: Path) -> dict[str, Any]:
+    transport, extra, _ = STREAM_ROWS[row]
     port = free_port()
-    with service(port, workdir / transport) as process:
+    with service(port, workdir / row) as process:
         (worker,) = children(process.pid)
         idle = rss(worker)
-        args = ("--transport", transport, "--clients", str(size))
+        args = ("--transport", transport, "--clients", str(size), *extra)
         with clients(port, workdir, *args) as seen, Pollers(port) as pollers:
             server = measured(port, worker, SECONDS)
         server["rss_per_connection_kib"] = round((server["rss_open"] - idle) / size / 1024, 1)
@@ -280,7 +297,7 @@ def row_streams(transport: str, size: int, workdir: Path) -> dict[str, Any]:
         server["tcp_memory_max_per_connection_kib"] = round(
             server["tcp_memory_max"] / size / 1024, 2
         )
-        return {"row": transport, "size": size, "server": server, "clients": seen,
+        return {"row": row, "size": size, "server": server, "clients": seen,
                 "pollers": pollers.summary(), "rss_idle": idle}  # fmt: skip
 
 
@@ -322,7 +339,7 @@ def main() -> None:
         workdir = Path(directory)
         for row in ROWS:
             print(f"scale: {row}", file=sys.stderr, flush=True)
-            if row in ("sse", "websocket"):
+            if row in STREAM_ROWS:
                 results.append(row_streams(row, SIZES[row], workdir))
             elif row == "far_behind":
                 results.append(
@@ -341,33 +358,34 @@ def readme_table(report: dict[str, Any]) -> str:
     test holds the README to it)."""
     lines = [
         "| run | clients | saw every tick | tick to seen p99 | fan-out p99 | "
-        "memory / connection | CPU / event | pollers beside (p99) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "memory / connection | CPU / event | bytes / event | pollers beside (p99) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["rows"]:
         seen = row["clients"]
         complete = f"{seen['complete']:,} of {seen['clients']:,}"
-        if row["row"] in ("sse", "websocket"):
+        if row["row"] in STREAM_ROWS:
             server, pollers = row["server"], row["pollers"]
             cpu = server["cpu_per_event_us"]
             lines.append(
-                f"| {'SSE' if row['row'] == 'sse' else 'WebSocket'} | {row['size']:,} "
+                f"| {STREAM_ROWS[row['row']][2]} | {row['size']:,} "
                 f"| {complete} | {_ms(seen['delay_p99_s'])} "
                 f"| {_bound(server['fanout_p99_le_s'])} | {server['rss_per_connection_kib']} KiB "
                 f"| {cpu if isinstance(cpu, str) else f'{cpu} µs'} "
+                f"| {seen.get('bytes_per_event', '-')} "
                 f"| {pollers['not_200']} not 200, {_ms(pollers['p99_s'])} |"
             )
         elif row["row"] == "far_behind":
             lines.append(
                 f"| SSE beside {row['far_behind']} far-behind | {row['size']:,} | {complete} "
                 f"| {_ms(seen['delay_p99_s'])} | | RSS {row['rss_min'] / 2**20:.0f}-"
-                f"{row['rss_max'] / 2**20:.0f} MiB while they hang | | |"
+                f"{row['rss_max'] / 2**20:.0f} MiB while they hang | | | |"
             )
         elif row["row"] == "restart":
             lines.append(
                 f"| SSE across a restart | {row['size']:,} | {complete} "
                 f"| longest silence {seen['longest_silence_s']:.1f} s "
-                f"| | | | ticks missed: {seen['ticks_missed']} |"
+                f"| | | | | ticks missed: {seen['ticks_missed']} |"
             )
     return "\n".join(lines)
 
@@ -386,8 +404,10 @@ def goals_table(report: dict[str, Any]) -> str:
         seen, size = row["clients"], row["size"]
         every = seen["complete"] == seen["clients"] and not seen["ticks_repeated"]
         p99 = seen["delay_p99_s"] or math.inf
-        if row["row"] in ("sse", "websocket"):
+        if row["row"] in STREAM_ROWS:
             name = f"{size:,} {'SSE streams' if row['row'] == 'sse' else 'WebSockets'}"
+            if row["row"] == "websocket_deflate":
+                name += " with deflate"
             goal(f"{name}: every tick, none twice", f"{seen['complete']:,} of {size:,}", every)
             goal(f"{name}: tick to seen p99 ≤ 500 ms", _ms(p99), p99 <= 0.5)
             if row["row"] == "sse":
@@ -454,7 +474,7 @@ def markdown(report: dict[str, Any]) -> str:
         "One run on this 2-core machine, the clients on it too (their own process): "
         "`crypto-service` in its default shape (one gevent worker, `memory://`) with the "
         "per-client budgets raised and `WORKER_CONNECTIONS="
-        f"{report['worker_connections']}`, ticks of {report['tick_seconds']:g} s. Delay is "
+        f"{report['worker_connections'] or '(default)'}`, ticks of {report['tick_seconds']:g} s. Delay is "
         "from a tick's start to a client holding it (the clients' clock), for the ticks "
         "after every client had connected; fan-out is the "
         "server's own time from handing a tick to the first connection to the last (the "
@@ -467,11 +487,12 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         seen = row["clients"]
         name = row["row"]
-        if name in ("sse", "websocket"):
+        if name in STREAM_ROWS:
             server, pollers = row["server"], row["pollers"]
             cpu = server["cpu_per_event_us"]
             lines += [
-                f"## {row['size']:,} {'SSE streams' if name == 'sse' else 'WebSockets'}",
+                f"## {row['size']:,} {'SSE streams' if name == 'sse' else 'WebSockets'}"
+                + (" (permessage-deflate offered)" if name == "websocket_deflate" else ""),
                 "",
                 "| figure | value |",
                 "| --- | ---: |",
@@ -487,8 +508,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| worker CPU per delivered event | "
                 f"{cpu if isinstance(cpu, str) else f'{cpu} µs'} |",
                 f"| events delivered in {server['window_s']} s | {server['events']:,.0f} |",
+                f"| bytes received per event (clients' sockets) | "
+                f"{seen.get('bytes_per_event', '-')} |",
                 f"| pollers beside: polls, not 200, p99 | {pollers['polls']}, "
                 f"{pollers['not_200']}, {_ms(pollers['p99_s'])} |",
+                "| pollers beside: p99 as the server timed them | "
+                f"{_bound(server.get('polls_server_p99_le_s'))} |",
                 "",
             ]
         elif name == "far_behind":

@@ -250,11 +250,14 @@ class Settings:
     stream_lifetime_minutes: float = setting(10.0, _float_between(0.01, 1440.0))
     stream_heartbeat_seconds: float = setting(15.0, _float_between(0.5, 300.0))
     worker_class: str = setting("gevent", _one_of(WORKER_CLASSES))
-    worker_connections: int = setting(2000, _int_between(1, 100_000))
+    # 10,000 push connections and room beside them (make scale: about 30-50 KiB each).
+    worker_connections: int = setting(12_000, _int_between(1, 100_000))
     # Streams and long-polls one worker holds at once; None: held_cap's default.
     max_held_connections: int | None = setting(None, _int_between(0, 100_000))
     # Origins (scheme://host[:port]) whose pages may open a WebSocket; empty: the service's own.
     allowed_origins: tuple[str, ...] = setting((), _parse_origins)
+    # permessage-deflate for WebSockets that offer it (compressed once per tick; NOTES).
+    websocket_deflate: bool = setting(True, _parse_bool)
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 

@@ -18,12 +18,14 @@ drain).
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -43,6 +45,7 @@ class Rendered:
     sse: bytes  # "id: <tick>\ndata: <document>\n\n"
     frame: bytes  # a WebSocket text frame (server side: unmasked)
     chunk: bytes  # the SSE event framed as an HTTP/1.1 chunk, for a stream written directly
+    deflated: bytes  # the text frame compressed (permessage-deflate, no context takeover)
 
 
 def chunk_of(data: bytes) -> bytes:
@@ -50,24 +53,48 @@ def chunk_of(data: bytes) -> bytes:
     return b"%X\r\n%s\r\n" % (len(data), data)
 
 
-HEARTBEAT = Rendered(-1, b": heartbeat\n\n", b"", chunk_of(b": heartbeat\n\n"))
+def deflated_frame(data: bytes) -> bytes:
+    """``data`` as a compressed text frame (RFC 7692) that any connection which agreed to
+    permessage-deflate can take: compressed alone (the server takes no context over), with
+    the smallest window a client may ask for (512 bytes: the documents refer only to
+    themselves, and a client's ``server_max_window_bits`` is at least 9)."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -9)
+    payload = (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = FrameProtocol(client=False, extensions=[]).send_data(payload, fin=True)
+    return b"\xc1" + bytes(frame[1:])  # FIN, RSV1 ("compressed"), opcode text; then the length
+
+
+HEARTBEAT = Rendered(-1, b": heartbeat\n\n", b"", chunk_of(b": heartbeat\n\n"), b"")
 
 
 def render(tick: int, document: str) -> Rendered:
     frame = FrameProtocol(client=False, extensions=[]).send_data(document, fin=True)
     sse = f"id: {tick}\ndata: {document}\n\n".encode()
-    return Rendered(tick, sse, bytes(frame), chunk_of(sse))
+    return Rendered(tick, sse, bytes(frame), chunk_of(sse), deflated_frame(document.encode()))
+
+
+class Put(enum.Enum):
+    """What ``Subscription.put`` did with an item."""
+
+    WRITTEN = "written"  # to the socket by the publisher (what the socket left, later)
+    QUEUED = "queued"  # for the connection to write
+    PASSED = "passed"  # ended already, or a tick the connection was given from the cache
+    DROPPED = "dropped"  # the queue was full: the subscription ended as a slow consumer
 
 
 class Subscription:
-    """One push connection's place in the fan-out."""
+    """One push connection's place in the fan-out; ``transport`` names it in the metrics."""
 
     __slots__ = (
-        "_behind", "_capacity", "_queue", "_send", "key", "last", "ready", "reason", "writing",
+        "_behind", "_capacity", "_queue", "_send", "key", "last", "ready", "reason",
+        "transport", "writing",
     )  # fmt: skip
 
-    def __init__(self, key: tuple[str, ...], capacity: int = QUEUE_TICKS) -> None:
+    def __init__(
+        self, key: tuple[str, ...], capacity: int = QUEUE_TICKS, transport: str = ""
+    ) -> None:
         self.key = key
+        self.transport = transport
         self._capacity = capacity
         self._queue: deque[Rendered] = deque()
         self.ready = threading.Event()
@@ -92,10 +119,10 @@ class Subscription:
         self._send = None
         self._behind = False
 
-    def put(self, item: Rendered) -> bool:
-        """Write or queue ``item``; False (and the subscription ended) if the queue is full."""
+    def put(self, item: Rendered) -> Put:
+        """Write or queue ``item``; the subscription ends if its queue is full."""
         if self.reason is not None or 0 <= item.tick <= self.last:
-            return True  # ended, or a tick it was given from the cache already
+            return Put.PASSED
         send = self._send
         # Not while the connection is writing (it holds ``writing``) or is behind.
         if (
@@ -104,24 +131,25 @@ class Subscription:
             and not self._behind
             and self.writing.acquire(blocking=False)
         ):
-            written = True
+            outcome, written = Put.WRITTEN, True
             try:
                 written = send(item)
                 self.last = max(self.last, item.tick)
             except OSError:
                 self.end("gone")
+                outcome = Put.PASSED
             finally:
                 self.writing.release()
             if not written:
                 self._behind = True
                 self.ready.set()
-            return True
+            return outcome
         if len(self._queue) >= self._capacity:
             self.end("slow_consumer")
-            return False
+            return Put.DROPPED
         self._queue.append(item)
         self.ready.set()
-        return True
+        return Put.QUEUED
 
     def end(self, reason: str) -> None:
         if self.reason is None:
@@ -195,8 +223,10 @@ class SocketWriter:
 
 class Hub:
     """The fan-out of one process. ``document(symbols, tick, now)`` is the JSON text of
-    a tick; ``on_fanout(seconds)`` is told how long each tick's fan-out took, from the
-    first delivery to the last."""
+    a tick; ``on_fanout(seconds, written)`` is told how long each tick's fan-out took,
+    from the first delivery to the last, and how many ticks it wrote to sockets itself,
+    by transport (counted once per fan-out: a metric per write would cost more than
+    the write's own Python)."""
 
     def __init__(
         self,
@@ -204,7 +234,7 @@ class Hub:
         tick_seconds: float,
         heartbeat_seconds: float,
         clock: Callable[[], float] = time.time,
-        on_fanout: Callable[[float, int], None] | None = None,
+        on_fanout: Callable[[float, Mapping[str, int]], None] | None = None,
     ) -> None:
         self._document = document
         self._tick_seconds = tick_seconds
@@ -294,16 +324,18 @@ class Hub:
         with self._lock:
             groups = [(key, list(subscribers)) for key, subscribers in self._subscriptions.items()]
         delivered = 0
+        written: Counter[str] = Counter()
         self._idle.clear()
         try:
             for key, subscribers in groups:
                 item = item_of(key)
                 for subscription in subscribers:
-                    subscription.put(item)
+                    if subscription.put(item) is Put.WRITTEN and item is not HEARTBEAT:
+                        written[subscription.transport] += 1
                     delivered += 1
                     if delivered % YIELD_EVERY == 0:
                         time.sleep(0)  # under gevent: let polls and writes run
         finally:
             self._idle.set()
         if self._on_fanout is not None and delivered:
-            self._on_fanout(time.perf_counter() - started, delivered)
+            self._on_fanout(time.perf_counter() - started, written)

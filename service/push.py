@@ -103,6 +103,9 @@ def _take_a_slot() -> None:
     state = get_state()
     if state.draining.is_set():
         raise ShuttingDown()
+    # A connection that opens while a tick goes out waits for it: a reconnect storm then
+    # delays the storm, not the ticks of the connections already open.
+    state.hub.wait_for_fanout()
     environ = flask.request.environ
     websocket = flask.request.endpoint == "push.websocket"
     if websocket:
@@ -224,7 +227,7 @@ def websocket() -> flask.Response:
     symbols: list[str] = flask.g.push_symbols
     slot: Slot = flask.g.push_slot
     environ = flask.request.environ
-    subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
+    subscription = Subscription(tuple(symbols), transport="websocket")  # joins in pushed()
     ws = WebSocket.accept(
         environ,
         ping_interval=state.settings.stream_heartbeat_seconds,
@@ -235,7 +238,9 @@ def websocket() -> flask.Response:
     facts = facts_of(environ)
     facts.upgraded = facts.held = True
     try:
-        if ws.open(on_gone=lambda: subscription.end("gone")):
+        if ws.open(
+            on_gone=lambda: subscription.end("gone"), deflate=state.settings.websocket_deflate
+        ):
             _push_to(ws, state, subscription)
     finally:
         ws.finish()
@@ -250,9 +255,13 @@ def websocket() -> flask.Response:
 def _push_to(ws: WebSocket, state: ServiceState, subscription: Subscription) -> None:
     sent = state.metrics.stream_events.labels("websocket")
     ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
+
+    def frame(item: Rendered) -> bytes:
+        return item.deflated if ws.deflate else item.frame
+
     for batch in batched(pushed(state, subscription, after=None, live=False)):
         # WebSocket pings keep the connection; no heartbeat frame needed
-        frames = [item.frame for item in batch if item is not HEARTBEAT]
+        frames = [frame(item) for item in batch if item is not HEARTBEAT]
         if frames and not ws.send_frame(b"".join(frames)):
             return  # too slow, or gone
         sent.inc(len(frames))
@@ -260,8 +269,8 @@ def _push_to(ws: WebSocket, state: ServiceState, subscription: Subscription) -> 
         state,
         subscription,
         ends,
-        lambda item: item is HEARTBEAT or ws.write_nowait(item.frame),
-        lambda items: ws.write_all(item.frame for item in items if item is not HEARTBEAT),
+        lambda item: item is HEARTBEAT or ws.write_nowait(frame(item)),
+        lambda items: ws.write_all(frame(item) for item in items if item is not HEARTBEAT),
         sent,
     )
     if subscription.reason == "slow_consumer":
@@ -290,7 +299,7 @@ class SseStream:
         self._state = state
         self._hub = state.hub
         self._metrics = state.metrics
-        self._subscription = Subscription(tuple(symbols))  # joins the fan-out in pushed()
+        self._subscription = Subscription(tuple(symbols), transport="sse")  # joins in pushed()
         self._finished = False
         self._events = self._render(state, after)
         self._slot = slot
@@ -363,13 +372,7 @@ def write_live_directly(
     gone), and ends the connection at the end of its lifetime (monotonic ``ends``), at the
     drain, or when the subscription ends."""
 
-    def nowait(item: Rendered) -> bool:
-        written = write_nowait(item)
-        if item is not HEARTBEAT:
-            events.inc()
-        return written
-
-    subscription.write_directly(nowait)
+    subscription.write_directly(write_nowait)  # the fan-out counts what it writes
     try:
         while True:
             subscription.wait(until=ends)

@@ -3,13 +3,18 @@ connection's own socket (gunicorn hands it over in ``gunicorn.socket``).
 
 Built here rather than taken from simple-websocket (flask-sock's engine) because what a
 server needs against hostile and slow clients is what that one does not give: it buffers
-every message a client sends without bound and always accepts permessage-deflate (whose
-inflation wsproto does not bound), cuts frames on a short ``send()``, and lets a blocked
-send's TimeoutError reach the application. Here:
+every message a client sends without bound, always accepts permessage-deflate with its
+context kept per connection and inflates whatever arrives at once, cuts frames on a
+short ``send()``, and lets a blocked send's TimeoutError reach the application. Here:
 
-* nothing is negotiated but the protocol itself: no compression, no subprotocol;
+* nothing is negotiated but permessage-deflate (RFC 7692), and that on the server's
+  terms: no context taken over by either side, so that what is pushed is compressed once
+  per tick for every connection (``service.fanout.Rendered.deflated``) and nothing is held
+  between messages; no subprotocol;
 * what a client sends is read and dropped; a message over ``MAX_MESSAGE_BYTES`` closes
-  the connection with 1009 (message too big) as soon as that much has arrived;
+  the connection with 1009 (message too big) as soon as that much has arrived, inflated
+  or not: the reader hands wsproto ``RECEIVE_BYTES`` at a time, so a compressed message
+  inflates by at most deflate's ratio (~1,000:1) of that before it is refused;
 * every frame goes out whole (``sendall``) or not at all: a client that does not take it
   within the send timeout has its connection cut, and the caller is told so (``False``);
 * a ping every ``ping_interval``; a peer that has not answered the last one by the next,
@@ -36,6 +41,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -95,6 +101,8 @@ class WebSocket:
         self._reader_done = threading.Event()
         self._gone = False
         self._on_gone: Callable[[], None] | None = None
+        self._offers: list[str] = []  # the extensions the client offered
+        self.deflate = False  # permessage-deflate agreed: send Rendered.deflated frames
 
     @classmethod
     def accept(
@@ -117,7 +125,7 @@ class WebSocket:
             raise NotAWebSocket(str(exc)) from None
         if not (events and isinstance(events[0], Request)):
             raise NotAWebSocket("incomplete handshake")
-        return cls(
+        websocket = cls(
             sock,
             connection,
             ping_interval=ping_interval,
@@ -125,14 +133,23 @@ class WebSocket:
             ended=ended,
             sending=sending,
         )
+        websocket._offers = [str(offer) for offer in events[0].extensions or ()]
+        return websocket
 
-    def open(self, on_gone: Callable[[], None] | None = None) -> bool:
-        """Send the 101 (nothing negotiated) and start reading; False if that failed.
+    def open(self, on_gone: Callable[[], None] | None = None, *, deflate: bool = True) -> bool:
+        """Send the 101 and start reading; False if that failed. With ``deflate``,
+        permessage-deflate is agreed when the client offers it (then ``self.deflate``).
         ``on_gone`` is called once the connection is gone, whoever noticed."""
         self._on_gone = on_gone
         self._sock.settimeout(self._send_timeout)
-        if not self._send(AcceptConnection()):
+        extension = PerMessageDeflate(
+            client_no_context_takeover=True, server_no_context_takeover=True
+        )
+        offered = any(offer.split(";")[0].strip() == extension.name for offer in self._offers)
+        extensions: list[Extension] = [extension] if deflate and offered else []
+        if not self._send(AcceptConnection(extensions=extensions)):
             return False
+        self.deflate = extension.enabled()
         self._reader = threading.Thread(target=self._read, name="websocket-reader", daemon=True)
         self._reader.start()
         return True

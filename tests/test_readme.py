@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+from bench import compare_report, deflate
 from bench.scale import goals_table, readme_table
 from tests.conftest import TESTS
 
@@ -46,3 +47,15 @@ def test_the_readmes_scale_figures_are_the_committed_runs() -> None:
     text = README.read_text()
     assert readme_table(report) in text, "README's scale table != bench/scale.json"
     assert goals_table(report) in text, "README's goals table != bench/scale.json"
+
+
+def test_the_readmes_comparison_figures_are_the_committed_run() -> None:
+    results = json.loads((TESTS.parent / "bench" / "compare.json").read_text())
+    text = README.read_text()
+    assert compare_report.readme_table(results) in text, "README's table != bench/compare.json"
+    assert compare_report.readme_findings(results) in text, "README's figures != compare.json"
+
+
+def test_the_readmes_compression_figures_are_the_committed_run() -> None:
+    report = json.loads((TESTS.parent / "bench" / "deflate.json").read_text())
+    assert deflate.readme_line(report) in README.read_text(), "README != bench/deflate.json"

@@ -3,11 +3,14 @@ and however the bytes are split (its figures are only as good as its parsing).""
 
 from __future__ import annotations
 
+import zlib
+
 from hypothesis import given
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from bench.push_clients import TICK_IN_DOCUMENT, masked_frame, next_frame
+from service.fanout import render
 
 LENGTHS = st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70_000]) | st.integers(0, 70_000)
 PAYLOADS = st.builds(lambda length, byte: bytes([byte]) * length, LENGTHS, st.integers(0, 255))
@@ -25,8 +28,8 @@ def test_server_frames_are_read_back_whole_however_they_arrive(
     for more in (b"", stream[cut:]):
         pending += more
         while (frame := next_frame(pending)) is not None:
-            opcode, payload, length = frame
-            assert opcode == Opcode.BINARY
+            opcode, compressed, payload, length = frame
+            assert opcode == Opcode.BINARY and not compressed
             read.append(payload)
             pending = pending[length:]
     assert read == payloads and pending == b""
@@ -43,3 +46,13 @@ def test_a_pong_is_a_masked_frame_a_server_reads(payload: bytes) -> None:
 def test_the_tick_is_read_from_the_document() -> None:
     match = TICK_IN_DOCUMENT.search(b'{"prices": [{"symbol": "BTC", "tick": 5932811, "p": 1}]}')
     assert match is not None and match.group(1) == b"5932811"
+
+
+def test_a_compressed_tick_is_read_as_the_service_sends_it() -> None:
+    document = '{"prices": [{"symbol": "BTC", "tick": 42, "price": 64000.5}]}'
+    frame = next_frame(render(42, document).deflated)
+    assert frame is not None
+    opcode, compressed, payload, _ = frame
+    assert opcode == Opcode.TEXT and compressed
+    inflated = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+    assert inflated == document.encode()

@@ -320,3 +320,25 @@ def test_live_events_written_by_the_fan_out_keep_the_bodys_framing(
         json.loads(event.data)["prices"][0]["tick"] == t
         for event, t in zip(events, ticks, strict=True)
     )
+
+
+def test_the_events_the_server_counts_are_those_its_clients_got(
+    start_service: ServiceFactory,
+) -> None:
+    # Streams that end by themselves (a 3 s lifetime), read to their end: nothing in flight.
+    service = start_service(PRICE_TICK_SECONDS="0.3", STREAM_LIFETIME_MINUTES="0.05")
+    with requests.get(f"{service.url}/v1/prices/stream", stream=True, timeout=10) as response:
+        lines = list(split_lines(response.iter_content(chunk_size=None)))
+    sse_events = sum(line.startswith("id: ") for line in lines)
+    ws = simple_websocket.Client.connect(f"ws://{HOST}:{service.port}/v1/prices/ws")
+    frames = 0
+    try:
+        while True:
+            ws.receive(timeout=10)
+            frames += 1
+    except simple_websocket.ConnectionClosed:
+        pass
+    wait_until(lambda: service.metric("streams_open") == 0, 10, "the streams to end")
+    assert sse_events >= 8 and frames >= 8  # most written by the fan-out itself
+    assert service.metric("stream_events_sent_total", transport="sse") == sse_events
+    assert service.metric("stream_events_sent_total", transport="websocket") == frames

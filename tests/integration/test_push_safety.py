@@ -126,7 +126,8 @@ def test_unasked_websocket_messages_are_refused_early_and_leave_no_memory_behind
     for _ in range(200):  # 200 messages of 1 MiB that nobody asked for
         peer = WsPeer(service)
         assert peer.status == 101, peer.head
-        assert peer.accepted.extensions == []  # deflate offered, not taken
+        (deflate,) = peer.accepted.extensions  # offered, agreed on the server's terms:
+        assert isinstance(deflate, PerMessageDeflate) and deflate.client_no_context_takeover
         with peer.sock:
             # It may be refused before the client has even sent it all.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -213,11 +214,15 @@ def test_sigterm_with_a_stream_never_read_exits_well_within_the_graceful_timeout
 def test_a_websocket_reader_too_slow_is_closed_cleanly_with_no_500(
     start_service: ServiceFactory,
 ) -> None:
-    # 200 symbols every 0.1 s (200 KiB/s) fill the kernel's buffers in seconds; pings
-    # (every 300 s here) play no part: the sends alone must end it.
+    # 200 symbols every 0.1 s (200 KiB/s uncompressed; deflated, far less: off here)
+    # fill the kernel's buffers in seconds; pings (every 300 s here) play no part: the
+    # sends alone must end it.
     symbols = ",".join(f"S{n:03d}:{10 + n}" for n in range(200))
     service = start_service(
-        SYMBOLS=symbols, PRICE_TICK_SECONDS="0.1", STREAM_HEARTBEAT_SECONDS="300"
+        SYMBOLS=symbols,
+        PRICE_TICK_SECONDS="0.1",
+        STREAM_HEARTBEAT_SECONDS="300",
+        WEBSOCKET_DEFLATE="false",
     )
     peer = WsPeer(service, buffer=SMALL_BUFFER)
     assert peer.status == 101

@@ -43,7 +43,7 @@ def test_no_configuration_at_all_gives_working_defaults() -> None:
         ("TRUSTED_PROXIES", "many", "expected an integer"),
         ("FAULT_ERROR_RATE", "2", "between 0 and 1"),
         ("API_KEYS", "short", "key #1 must be 16-256"),
-        ("MAX_HELD_CONNECTIONS", "2000", "leaving none for probes"),
+        ("MAX_HELD_CONNECTIONS", "12000", "leaving none for probes"),
         ("MAX_HELD_CONNECTIONS", "lots", "expected an integer"),
         ("ALLOWED_ORIGINS", "example.com", "expected origins"),
         ("ALLOWED_ORIGINS", "https://a.example/page", "expected origins"),
@@ -111,7 +111,7 @@ def test_every_setting_is_read_from_its_variable_and_described() -> None:
 
 
 def test_held_connections_leave_a_tenth_of_a_workers_slots_free_by_default() -> None:
-    assert Settings.from_env({}).held_cap == 1800  # of WORKER_CONNECTIONS=2000
+    assert Settings.from_env({}).held_cap == 10_800  # of WORKER_CONNECTIONS=12000
     assert Settings.from_env({"WORKER_CONNECTIONS": "40"}).held_cap == 36
     assert Settings.from_env({"WORKER_CLASS": "gthread", "THREADS": "8"}).held_cap == 7
     assert Settings.from_env({"MAX_HELD_CONNECTIONS": "5"}).held_cap == 5

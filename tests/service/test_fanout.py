@@ -15,6 +15,7 @@ from service.fanout import (
     HEARTBEAT,
     QUEUE_TICKS,
     Hub,
+    Put,
     Rendered,
     SocketWriter,
     Subscription,
@@ -117,14 +118,15 @@ def test_a_subscription_written_directly_gets_each_tick_once_and_the_rest_later(
     subscription = Subscription(("BTC",))
     subscription.last = 5  # given from the cache already
     subscription.write_directly(send)
-    for tick in (5, 6, 7, 8):
-        assert subscription.put(render(tick, "{}"))
+    outcomes = [subscription.put(render(tick, "{}")) for tick in (5, 6, 7, 8)]
+    assert outcomes == [Put.PASSED, Put.WRITTEN, Put.WRITTEN, Put.QUEUED]
     assert sent == [6, 7]  # 5 was sent already; 8 waits behind the rest of 7
     assert subscription.ready.is_set()  # the connection is woken: it is behind
     with subscription.writing:
         queued = subscription.backlog()
     assert [item.tick for item in queued] == [8]
-    assert subscription.put(render(9, "{}")) and sent == [6, 7, 9]  # caught up: direct again
+    assert subscription.put(render(9, "{}")) is Put.WRITTEN  # caught up: direct again
+    assert sent == [6, 7, 9]
 
 
 def test_a_socket_writer_finishes_what_the_socket_did_not_take_before_anything_else() -> None:
@@ -177,3 +179,20 @@ def test_a_replay_waits_while_a_fanout_runs() -> None:
     replay.join(5)
     publisher.join(5)
     assert not replay.is_alive()
+
+
+def test_the_fanout_reports_what_it_wrote_itself_by_transport() -> None:
+    reports: list[dict[str, int]] = []
+    hub = Hub(Documents(), 3600, 3600, on_fanout=lambda _s, written: reports.append(dict(written)))
+    for transport in ("sse", "sse", "websocket"):
+        hub.attach(Subscription(("BTC",), transport=transport)).write_directly(lambda _i: True)
+    hub.attach(Subscription(("BTC",), transport="sse"))  # queued: its connection counts it
+    gone = hub.attach(Subscription(("BTC",), transport="websocket"))
+
+    def closed(_item: Rendered) -> bool:
+        raise ConnectionResetError
+
+    gone.write_directly(closed)
+    hub.publish(1)
+    assert reports == [{"sse": 2, "websocket": 1}]
+    assert gone.reason == "gone"

@@ -10,6 +10,7 @@ import resource
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from service.errors import ApiError
+from service.fanout import render
 from service.websocket import MAX_MESSAGE_BYTES, WebSocket
 
 
@@ -82,7 +84,10 @@ def past_select_limit(sock: socket.socket) -> socket.socket:
 
 @contextmanager
 def session(
-    ping_interval: float = 30.0, send_timeout: float = 5.0, high_descriptor: bool = False
+    ping_interval: float = 30.0,
+    send_timeout: float = 5.0,
+    high_descriptor: bool = False,
+    deflate: bool = True,
 ) -> Iterator[tuple[WebSocket, Peer]]:
     ours, theirs = socket.socketpair()
     if high_descriptor:
@@ -95,7 +100,7 @@ def session(
         ended=threading.Event(),
     )
     try:
-        assert ws.open()
+        assert ws.open(deflate=deflate)
         yield ws, peer
     finally:
         ws.finish()
@@ -112,16 +117,52 @@ def accepted(peer: Peer) -> AcceptConnection:
             return event
 
 
-def test_nothing_is_negotiated_and_text_frames_arrive_whole() -> None:
+def test_deflate_offered_is_agreed_without_context_takeover_and_ticks_arrive_compressed() -> None:
+    document = '{"prices": [{"symbol": "BTC", "price": 64000.5, "tick": 7}]}'
     with session() as (ws, peer):
         accept = accepted(peer)
+        assert ws.deflate and accept.subprotocol is None
+        (agreed,) = accept.extensions
+        assert isinstance(agreed, PerMessageDeflate)
+        assert agreed.server_no_context_takeover and agreed.client_no_context_takeover
+        rendered = render(7, document)
+        assert len(rendered.deflated) < len(rendered.frame)
+        assert ws.send_frame(rendered.deflated) and ws.send_frame(rendered.deflated)
+        ws.close(1001, "bye")
+        events = peer.events(timeout=2)
+    texts = [e.data for e in events if isinstance(e, TextMessage)]
+    assert texts == [document, document]  # the same bytes for every message
+    assert any(isinstance(e, CloseConnection) and e.code == 1001 for e in events)
+
+
+def test_with_deflate_off_nothing_is_negotiated_and_text_frames_arrive_whole() -> None:
+    with session(deflate=False) as (ws, peer):
+        accept = accepted(peer)
         assert accept.extensions == [] and accept.subprotocol is None  # deflate offered
+        assert not ws.deflate
         assert ws.send_text('{"prices": []}')
         ws.close(1001, "bye")
         events = peer.events(timeout=2)
     texts = [e.data for e in events if isinstance(e, TextMessage)]
     assert texts == ['{"prices": []}']
     assert any(isinstance(e, CloseConnection) and e.code == 1001 for e in events)
+
+
+def test_a_compressed_message_is_refused_once_it_inflates_past_the_bound() -> None:
+    with session() as (ws, peer):
+        accepted(peer)
+        bomb = peer.ws.send(TextMessage(data="0" * (64 << 20)))  # 64 MiB of zeros
+        assert len(bomb) < 100_000  # compressed, it is small
+        tracemalloc.start()
+        try:
+            peer.sock.sendall(bomb)
+            events = peer.events(timeout=5)
+            assert ws.ended.wait(2) and ws.close_code == 1009
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
+    assert peak < 16 << 20  # inflated a read at a time, not the 64 MiB
 
 
 def test_a_message_over_the_bound_closes_with_1009_before_the_rest_arrives() -> None:
@@ -161,8 +202,8 @@ def test_a_connection_past_descriptor_1024_is_read_and_pinged_like_any_other() -
         assert not ws.ended.is_set()
 
 
-def test_a_compressed_frame_is_a_protocol_error() -> None:
-    with session() as (ws, peer):
+def test_a_compressed_frame_not_agreed_is_a_protocol_error() -> None:
+    with session(deflate=False) as (ws, peer):
         accepted(peer)
         frame = bytearray(peer.ws.send(TextMessage(data="x")))
         frame[0] |= 0x40  # RSV1: "compressed", which was never agreed
