@@ -167,7 +167,8 @@ def write_report(results: dict[str, Any]) -> None:
         lines += [
             "## Soak (`make soak`)",
             "",
-            f"Production shape (2 workers x 4 threads, Redis) paced by wrk at half its measured "
+            f"Production shape ({soak.get('shape', '2 workers, Redis')}) paced by wrk at half "
+            "its measured "
             f"capacity ({soak['capacity_rps']:.0f} req/s): {soak['target_rps']:.0f} req/s asked, "
             f"{soak['achieved_rps']:.0f} achieved, for {soak['seconds']} s; sampled every 15 s.",
             "",

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.bench import BENCH, BIN, NO_LIMIT, free_port, redis_server, require, serve, wrk
 from bench.procfs import children
+from service.config import Settings
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY = 15
@@ -34,7 +35,6 @@ def main() -> None:
         workdir = Path(scratch)
         env = {
             "WORKERS": "2",
-            "THREADS": "4",
             "RATE_LIMIT": NO_LIMIT,
             "RATE_LIMIT_STORAGE_URI": redis_uri,
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
@@ -83,6 +83,7 @@ def main() -> None:
     steady = [s for s in samples if s["t"] >= 30] or samples
     first, last = steady[0], steady[-1]
     result = {
+        "shape": f"{env['WORKERS']} {Settings.from_env(env).worker_class} workers, Redis",
         "seconds": SECONDS,
         "capacity_rps": capacity,
         "target_rps": rate,
