@@ -239,7 +239,9 @@ def websocket() -> flask.Response:
     facts.upgraded = facts.held = True
     try:
         if ws.open(
-            on_gone=lambda: subscription.end("gone"), deflate=state.settings.websocket_deflate
+            on_gone=lambda: subscription.end("gone"),
+            deflate=state.settings.websocket_deflate,
+            wait_turn=state.hub.wait_for_fanout,
         ):
             _push_to(ws, state, subscription)
     finally:

@@ -101,6 +101,7 @@ class WebSocket:
         self._reader_done = threading.Event()
         self._gone = False
         self._on_gone: Callable[[], None] | None = None
+        self._wait_turn: Callable[[], None] = lambda: None
         self._offers: list[str] = []  # the extensions the client offered
         self.deflate = False  # permessage-deflate agreed: send Rendered.deflated frames
 
@@ -136,11 +137,21 @@ class WebSocket:
         websocket._offers = [str(offer) for offer in events[0].extensions or ()]
         return websocket
 
-    def open(self, on_gone: Callable[[], None] | None = None, *, deflate: bool = True) -> bool:
+    def open(
+        self,
+        on_gone: Callable[[], None] | None = None,
+        *,
+        deflate: bool = True,
+        wait_turn: Callable[[], None] | None = None,
+    ) -> bool:
         """Send the 101 and start reading; False if that failed. With ``deflate``,
         permessage-deflate is agreed when the client offers it (then ``self.deflate``).
-        ``on_gone`` is called once the connection is gone, whoever noticed."""
+        ``on_gone`` is called once the connection is gone, whoever noticed; the reader
+        calls ``wait_turn`` each time it wakes, before it reads or pings (the fan-out's
+        ``wait_for_fanout``: a wave of pongs from thousands of clients must not stretch
+        a tick's fan-out)."""
         self._on_gone = on_gone
+        self._wait_turn = wait_turn or (lambda: None)
         self._sock.settimeout(self._send_timeout)
         extension = PerMessageDeflate(
             client_no_context_takeover=True, server_no_context_takeover=True
@@ -239,7 +250,9 @@ class WebSocket:
         readable.register(self._sock, select.POLLIN)
         try:
             while not self._gone:
-                if not readable.poll(self._ping_interval * 1000):
+                woken_by_the_client = bool(readable.poll(self._ping_interval * 1000))
+                self._wait_turn()
+                if not woken_by_the_client:
                     if awaiting_pong:  # not answered in a whole interval: gone
                         self.close_code = CloseReason.POLICY_VIOLATION
                         break

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -88,6 +88,7 @@ def session(
     send_timeout: float = 5.0,
     high_descriptor: bool = False,
     deflate: bool = True,
+    wait_turn: Callable[[], None] | None = None,
 ) -> Iterator[tuple[WebSocket, Peer]]:
     ours, theirs = socket.socketpair()
     if high_descriptor:
@@ -100,7 +101,7 @@ def session(
         ended=threading.Event(),
     )
     try:
-        assert ws.open(deflate=deflate)
+        assert ws.open(deflate=deflate, wait_turn=wait_turn)
         yield ws, peer
     finally:
         ws.finish()
@@ -199,6 +200,21 @@ def test_a_connection_past_descriptor_1024_is_read_and_pinged_like_any_other() -
             peer.ws.receive_data(peer.sock.recv(65536))
             seen.extend(peer.ws.events())
         assert any(isinstance(e, Pong) for e in seen)
+        assert not ws.ended.is_set()
+
+
+def test_the_reader_waits_its_turn_before_it_answers() -> None:
+    turn = threading.Event()
+
+    def wait_turn() -> None:
+        turn.wait(5)
+
+    with session(wait_turn=wait_turn) as (ws, peer):
+        accepted(peer)
+        peer.send(Ping(b"now?"))
+        assert not [e for e in peer.events(timeout=0.5) if isinstance(e, Pong)]  # held back
+        turn.set()
+        assert [e for e in peer.events(timeout=1) if isinstance(e, Pong)]
         assert not ws.ended.is_set()
 
 
