@@ -190,3 +190,39 @@ def write_report(results: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     write_report(json.loads((BENCH / "results.json").read_text()))
+
+
+def readme_bench(results: dict[str, Any]) -> str:
+    """The README's figures of the committed `make bench` run (a test holds it)."""
+    half, scrape, polling = results["latency_at_half_rate"], results["scrape"], results["polling"]
+    aligned, fixed = polling["aligned"], polling["fixed"]
+    prod = ratio(results, "service_prod", "flask_prod")
+    default = ratio(results, "service_default", "flask_default")
+    return (
+        f"In the committed run ({results['machine']['date']}): service/bare Flask = "
+        f"{prod:.3f} in production shape (target 0.50: {'met' if prod >= 0.50 else 'missed'}) "
+        f"and {default:.3f} in the embedded default (target 0.70: "
+        f"{'met' if default >= 0.70 else 'missed'}), p99 at half the maximum rate "
+        f"{half['p99_ms']:.1f} ms (target 10 ms), `/metrics` {scrape['median_ms']:.1f} ms with "
+        f"4 workers, and `crypto-poll` at {aligned['requests_per_change']:.2f} request per "
+        f"price change, seen {aligned['settled_mean_delay_s']:.2f} s after it by the server's "
+        f"clock (the fixed loop: {fixed['requests_per_change']:.2f} requests and "
+        f"{fixed['mean_delay_s']:.2f} s)."
+    )
+
+
+def readme_soak(soak: dict[str, Any]) -> str:
+    """The README's figures of the committed `make soak` run (a test holds it)."""
+    first, last = soak["first"], soak["last"]
+    growth = " and ".join(f"{kib:+d} KiB" for kib in soak["worker_rss_growth_kib"])
+    return (
+        f"In the committed run ({soak.get('shape', '2 workers, Redis')}): capacity measured at "
+        f"{soak['capacity_rps']:,.0f} req/s, paced at {soak['target_rps']:,.0f} "
+        f"({soak['achieved_rps']:,.0f} achieved) for {soak['seconds']} s: worker RSS "
+        f"{'/'.join(f'{k / 1024:.1f}' for k in first['worker_rss_kib'])} MiB after 30 s, "
+        f"{'/'.join(f'{k / 1024:.1f}' for k in last['worker_rss_kib'])} MiB at the end "
+        f"({growth}); open file descriptors {first['worker_fds']} then {last['worker_fds']}; "
+        f"the master {first['master']['rss_kib'] / 1024:.1f} then "
+        f"{last['master']['rss_kib'] / 1024:.1f} MiB; {first['metrics_files']} then "
+        f"{last['metrics_files']} files in the metrics directory."
+    )

@@ -57,15 +57,21 @@ SIZES = {
     "sse": int(os.environ.get("SCALE_SSE", "10000")),
     "websocket": int(os.environ.get("SCALE_WEBSOCKET", "5000")),
     "websocket_deflate": int(os.environ.get("SCALE_WEBSOCKET", "5000")),
+    "websocket_10k": int(os.environ.get("SCALE_WEBSOCKET_10K", "10000")),
     "far_behind": int(os.environ.get("SCALE_FAR_BEHIND", "300")),
     "beside_far_behind": int(os.environ.get("SCALE_BESIDE_FAR_BEHIND", "2000")),
     "restart": int(os.environ.get("SCALE_RESTART", "5000")),
 }
-ROWS = os.environ.get("SCALE_ROWS", "sse,websocket,websocket_deflate,far_behind,restart").split(",")
+ORDER = ("sse", "websocket", "websocket_deflate", "websocket_10k", "far_behind", "restart")
+ROWS = os.environ.get("SCALE_ROWS", ",".join(ORDER)).split(",")
+# SCALE_MERGE=1: the rows run replace their namesakes in the committed scale.json, the
+# others are kept (each row is a service of its own; each says when it ran).
+MERGE = os.environ.get("SCALE_MERGE") == "1"
 STREAM_ROWS = {  # row: (transport, the clients' extra arguments, its name in the tables)
     "sse": ("sse", (), "SSE"),
     "websocket": ("websocket", (), "WebSocket"),
     "websocket_deflate": ("websocket", ("--deflate",), "WebSocket, deflate"),
+    "websocket_10k": ("websocket", (), "WebSocket"),
 }
 POLLERS = 4
 WORKER_CONNECTIONS = os.environ.get("SCALE_WORKER_CONNECTIONS")  # unset: the default
@@ -347,7 +353,13 @@ def main() -> None:
                 )
             elif row == "restart":
                 results.append(row_restart(SIZES["restart"], workdir))
+            results[-1]["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    if MERGE:
+        kept = json.loads((ROOT / "bench" / "scale.json").read_text())["rows"]
+        ran = {row["row"] for row in results}
+        results = [row for row in kept if row["row"] not in ran] + results
+        results.sort(key=lambda row: ORDER.index(row["row"]))
     report = {"tick_seconds": TICK, "worker_connections": WORKER_CONNECTIONS, "rows": results}
     (ROOT / "bench" / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
     (ROOT / "bench" / "SCALE.md").write_text(markdown(report))
@@ -487,6 +499,8 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         seen = row["clients"]
         name = row["row"]
+        if "measured_at" in row:
+            lines += [f"*Row `{name}`, run {row['measured_at']}:*", ""]
         if name in STREAM_ROWS:
             server, pollers = row["server"], row["pollers"]
             cpu = server["cpu_per_event_us"]

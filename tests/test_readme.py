@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from bench import compare_report, deflate
+from bench import compare_report, deflate, report
 from bench.scale import goals_table, readme_table
 from tests.conftest import TESTS
 
@@ -59,3 +59,11 @@ def test_the_readmes_comparison_figures_are_the_committed_run() -> None:
 def test_the_readmes_compression_figures_are_the_committed_run() -> None:
     report = json.loads((TESTS.parent / "bench" / "deflate.json").read_text())
     assert deflate.readme_line(report) in README.read_text(), "README != bench/deflate.json"
+
+
+def test_the_readmes_bench_and_soak_figures_are_the_committed_runs() -> None:
+    text = README.read_text()
+    results = json.loads((TESTS.parent / "bench" / "results.json").read_text())
+    soak = json.loads((TESTS.parent / "bench" / "soak.json").read_text())
+    assert report.readme_bench(results) in text, "README != bench/results.json"
+    assert report.readme_soak(soak) in text, "README != bench/soak.json"
