@@ -85,6 +85,7 @@ class WebSocket:
         send_timeout: float,
         ended: threading.Event,
         sending: threading.Lock | None = None,
+        offers: Iterable[str] = (),
     ) -> None:
         self._sock = sock
         self._writer = SocketWriter(sock)
@@ -102,7 +103,7 @@ class WebSocket:
         self._gone = False
         self._on_gone: Callable[[], None] | None = None
         self._wait_turn: Callable[[], None] = lambda: None
-        self._offers: list[str] = []  # the extensions the client offered
+        self._offers = list(offers)  # the extensions the client offered
         self.deflate = False  # permessage-deflate agreed: send Rendered.deflated frames
 
     @classmethod
@@ -126,16 +127,15 @@ class WebSocket:
             raise NotAWebSocket(str(exc)) from None
         if not (events and isinstance(events[0], Request)):
             raise NotAWebSocket("incomplete handshake")
-        websocket = cls(
+        return cls(
             sock,
             connection,
             ping_interval=ping_interval,
             send_timeout=send_timeout,
             ended=ended,
             sending=sending,
+            offers=[str(offer) for offer in events[0].extensions or ()],
         )
-        websocket._offers = [str(offer) for offer in events[0].extensions or ()]
-        return websocket
 
     def open(
         self,
