@@ -104,10 +104,12 @@ def redis_server() -> Iterator[str]:
 
 
 @contextmanager
-def serve(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serve(
+    argv: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     full_env = {"PATH": os.environ["PATH"], "HOST": "127.0.0.1", "PORT": str(port), **env}
     process = subprocess.Popen(
-        argv, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, env=full_env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 30
