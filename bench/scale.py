@@ -18,7 +18,8 @@ sets ``WORKER_CONNECTIONS`` (unset: the service's default). Rows:
 * ``far_behind``: far-behind clients that ask for 999 ticks back and never read, beside
   normal streams (opened once those are steady, so that their replays fall in the
   measured window): the normal ones must miss nothing; the worker's RSS sampled once they
-  hang (from two ticks after they opened).
+  hang (from two ticks after they opened); the streams the server ended by reason (its
+  ``stream_ends_total``: the far-behind ones are the slow-consumer row).
 * ``restart``: N SSE streams, the service SIGTERMed and a new one started on the same
   port: the longest silence a client went through, and ticks lost.
 
@@ -321,8 +322,16 @@ def row_far_behind(far: int, normal: int, workdir: Path) -> dict[str, Any]:
             for _ in range(int(SECONDS)):
                 samples.append(rss(worker))
                 time.sleep(1)
+            # The server's own account, read while every client is still connected: how
+            # many streams it ended and why (the far-behind ones, once their sockets and
+            # queues are full: slow_consumer), and how many it holds open.
+            server = scrape(port)
+        ends: dict[str, float] = {}
+        for labels, value in server.get("stream_ends_total", []):
+            ends[labels["reason"]] = ends.get(labels["reason"], 0.0) + value
         return {"row": "far_behind", "size": normal, "far_behind": far, "clients": seen,
-                "rss_idle": idle, "rss_min": min(samples), "rss_max": max(samples)}  # fmt: skip
+                "rss_idle": idle, "rss_min": min(samples), "rss_max": max(samples),
+                "server_ends": ends, "server_open": total(server, "streams_open")}  # fmt: skip
 
 
 def row_restart(size: int, workdir: Path) -> dict[str, Any]:
@@ -388,10 +397,12 @@ def readme_table(report: dict[str, Any]) -> str:
                 f"| {pollers['not_200']} not 200, {_ms(pollers['p99_s'])} |"
             )
         elif row["row"] == "far_behind":
+            slow = row["server_ends"].get("slow_consumer", 0)
             lines.append(
-                f"| SSE beside {row['far_behind']} far-behind | {row['size']:,} | {complete} "
-                f"| {_ms(seen['delay_p99_s'])} | | RSS {row['rss_min'] / 2**20:.0f}-"
-                f"{row['rss_max'] / 2**20:.0f} MiB while they hang | | | |"
+                f"| SSE beside {row['far_behind']} far-behind (slow consumers) | {row['size']:,} "
+                f"| {complete} | {_ms(seen['delay_p99_s'])} | | RSS {row['rss_min'] / 2**20:.0f}-"
+                f"{row['rss_max'] / 2**20:.0f} MiB while they hang | | | "
+                f"ended as slow: {slow:.0f} |"
             )
         elif row["row"] == "restart":
             lines.append(
@@ -449,6 +460,12 @@ def goals_table(report: dict[str, Any]) -> str:
                 f"{name}: server memory flat while they hang (moves ≤ {FLAT_MIB} MiB)",
                 f"moved {moved:.1f} MiB",
                 moved <= FLAT_MIB,
+            )
+            slow = row["server_ends"].get("slow_consumer", 0)
+            goal(
+                f"{name}: the far-behind ones ended by the server as `slow_consumer`",
+                f"{slow:.0f} of {row['far_behind']} (server's `stream_ends_total`)",
+                slow >= row["far_behind"],
             )
         elif row["row"] == "restart":
             silence = seen["longest_silence_s"]
@@ -544,6 +561,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| tick to seen p99 | {_ms(seen['delay_p99_s'])} |",
                 f"| worker RSS while they hang: min, max | {row['rss_min'] / 2**20:.0f}, "
                 f"{row['rss_max'] / 2**20:.0f} MiB |",
+                *(
+                    f"| streams the server ended as `{reason}` | {count:.0f} |"
+                    for reason, count in sorted(row["server_ends"].items())
+                    if count
+                ),
+                f"| streams the server held open at the end | {row['server_open']:.0f} |",
                 "",
             ]
         elif name == "restart":
