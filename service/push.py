@@ -56,6 +56,14 @@ SSE_RETRY_SECONDS = 2.0  # EventSource reconnects after this (times RETRY_JITTER
 RETRY_JITTER = (1.0, 2.0)  # per connection, so a restart's reconnects spread over seconds
 REFUSED_RETRY_SECONDS = 30.0  # an error that says no Retry-After (a bad request, a bad key)
 PUSH_WRITE_TIMEOUT_SECONDS = 10.0  # a client that takes no bytes for this long is dropped
+# What the kernel may hold unsent for one push connection (it doubles what is set). Left
+# to itself it sizes a send buffer from the path's segment size: megabytes on loopback or
+# a jumbo-frame network, so a client that never reads would take a whole 999-tick replay
+# into the kernel and hang there for hours, never noticed. Bounded, such a client fills
+# it within a few ticks and is dropped after the write timeout, and N connections' kernel
+# memory has a bound. A reading client is never held up by it: a tick is a few hundred
+# bytes, a replay's batch a few KiB.
+PUSH_SEND_BUFFER_BYTES = 32 * 1024
 # STREAM_HEARTBEAT_SECONDS: an SSE comment line when no tick came for that long, so that
 # proxies keep the stream; the WebSocket ping interval (a client that does not answer a
 # ping by the next one is dropped).
@@ -80,8 +88,12 @@ def retry_ms(seconds: float) -> int:
 
 
 def connection_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """The client connection's socket, which gunicorn hands over (None elsewhere)."""
+    """The client connection's socket, which gunicorn hands over (None elsewhere), with
+    its send buffer bounded to ``PUSH_SEND_BUFFER_BYTES``: a push connection's."""
     sock: socket.socket | None = environ.get("gunicorn.socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # cut already: its first write will say so
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PUSH_SEND_BUFFER_BYTES)
     return sock
 
 
@@ -228,6 +240,7 @@ def websocket() -> flask.Response:
     slot: Slot = flask.g.push_slot
     environ = flask.request.environ
     subscription = Subscription(tuple(symbols), transport="websocket")  # joins in pushed()
+    connection_socket(environ)  # its send buffer bounded
     ws = WebSocket.accept(
         environ,
         ping_interval=state.settings.stream_heartbeat_seconds,
@@ -303,6 +316,7 @@ class SseStream:
         self._metrics = state.metrics
         self._subscription = Subscription(tuple(symbols), transport="sse")  # joins in pushed()
         self._finished = False
+        self._too_slow = False  # a direct write timed out: the client stopped reading
         self._events = self._render(state, after)
         self._slot = slot
         self._sock = sock
@@ -317,8 +331,11 @@ class SseStream:
         self._events.close()
         self._hub.unsubscribe(self._subscription)
         self._slot.release()
-        ended_by = self._subscription.reason or (
-            _ended_by_itself(self._state) if self._finished else "gone"
+        ended_by = (
+            "too_slow"
+            if self._too_slow
+            else self._subscription.reason
+            or (_ended_by_itself(self._state) if self._finished else "gone")
         )
         self._metrics.count_stream_end("sse", ended_by)
         if self._sock is not None:  # a kept-alive connection waits for its next request
@@ -326,29 +343,37 @@ class SseStream:
                 self._sock.settimeout(self._timeout_before)
 
     def _render(self, state: ServiceState, after: int | None) -> Generator[bytes, None, None]:
+        # The first write goes through the server, which sends the headers with it.
         yield f"retry: {retry_ms(SSE_RETRY_SECONDS)}\n\n".encode()
         events = state.metrics.stream_events.labels("sse")
-        direct = self._sock is not None and self._chunked is not None
-        items = pushed(state, self._subscription, after, live=not direct)
-        # Written directly, the live ticks do not pass here, so the replay may be batched:
-        # one write per batch, not per tick (a reconnect asking for 999 ticks back).
-        for batch in batched(items) if direct else ([item] for item in items):
-            yield b"".join(item.sse for item in batch)
-            events.inc(sum(item is not HEARTBEAT for item in batch))
-        if direct:
-            self._live_written_directly(state, events)
+        if self._sock is None or self._chunked is None:
+            for item in pushed(state, self._subscription, after):
+                yield item.sse
+                events.inc(item is not HEARTBEAT)
+        else:
+            try:
+                self._written_directly(state, after, events)
+            except TimeoutError:  # the worker drops the connection; counted as what it is
+                self._too_slow = True
+                raise
         self._finished = True
 
-    def _live_written_directly(self, state: ServiceState, events: Any) -> None:
-        """The live ticks, written to the socket by the fan-out itself. The body stays
+    def _written_directly(self, state: ServiceState, after: int | None, events: Any) -> None:
+        """The replay in batches (one write per batch, not per tick: a reconnect asking for
+        999 ticks back), then the live ticks, written to the socket by the fan-out itself;
+        every write here, so that one timing out is known for what it is. The body stays
         what gunicorn began: HTTP/1.1 chunks, or bare bytes."""
         assert self._sock is not None
         writer, chunked = SocketWriter(self._sock), self._chunked
 
         def write_all(items: list[Rendered]) -> bool:
-            writer.write_all(item.chunk if chunked else item.sse for item in items)
-            return True  # or it raised: the worker drops the connection
+            data = b"".join(item.chunk if chunked else item.sse for item in items)
+            writer.write_all([data] if data else [])
+            return True  # or it raised
 
+        for batch in batched(pushed(state, self._subscription, after, live=False)):
+            write_all(batch)
+            events.inc(sum(item is not HEARTBEAT for item in batch))
         write_live_directly(
             state,
             self._subscription,

@@ -197,6 +197,28 @@ def test_a_stream_never_read_ends_at_its_lifetime_and_frees_its_place(
     assert "Traceback" not in logs and "client too slow" in logs
 
 
+def test_a_far_behind_stream_never_read_is_dropped_as_too_slow_on_the_default_documents(
+    start_service: ServiceFactory,
+) -> None:
+    # The default four symbols: a 999-tick replay is about 500 KiB, which a send buffer
+    # sized from loopback's 64 KiB segments would take whole and hold for hours.
+    service = start_service()
+    with open_stream(service, "/v1/prices/stream", "Last-Event-ID: 1", buffer=SMALL_BUFFER):
+        wait_until(lambda: service.metric("streams_open") == 1, 10, "the stream to open")
+        opened = time.monotonic()
+        # Its socket full within the replay, then the write timeout (10 s).
+        wait_until(
+            lambda: service.metric("stream_ends_total", reason="too_slow") == 1,
+            25,
+            "the reader to be dropped as too slow",
+        )
+        assert time.monotonic() - opened > 8  # after the write's timeout, not at once
+        assert service.metric("streams_open") == 0
+        assert service.metric("stream_ends_total", reason="gone") == 0
+    logs = service.logs()
+    assert "Traceback" not in logs and "client too slow" in logs
+
+
 def test_sigterm_with_a_stream_never_read_exits_well_within_the_graceful_timeout(
     start_service: ServiceFactory,
 ) -> None:
