@@ -40,6 +40,7 @@ from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
 
 from service.config import Settings
 from service.errors import ApiError
+from service.limits_memory import SweptMemoryStorage
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.redis_pipeline import script_caller
@@ -203,8 +204,11 @@ class RateLimiting:
             options["socket_timeout"] = STORAGE_TIMEOUT_SECONDS
             options["socket_connect_timeout"] = STORAGE_TIMEOUT_SECONDS
         # Only synchronous schemes pass configuration (config.STORAGE_SCHEMES).
-        self.storage = cast(
-            Storage, storage_from_string(settings.rate_limit_storage_uri, **options)
+        uri = settings.rate_limit_storage_uri
+        self.storage = (
+            SweptMemoryStorage(uri, **options)
+            if uri.startswith("memory://")
+            else cast(Storage, storage_from_string(uri, **options))
         )
         self.strategy: RateLimiter = (
             CountingFixedWindow(self.storage)
