@@ -142,5 +142,21 @@ def main() -> None:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def readme_line(record: dict[str, Any]) -> str:
+    """One line for the README from a ``--json`` record of a run with ``TARGET@REV``: each
+    target's median throughput and worker CPU per request, the revision beside today's."""
+    medians = record["medians"]
+    parts = [
+        f"{label.removesuffix(' (gevent)')} {m['rps']:,.0f} req/s, {m['worker_us']:,.0f} µs of "
+        "worker CPU per request"
+        for label, m in medians.items()
+    ]
+    return (
+        f"{record['settings']['rounds']} alternated rounds, medians ({record['machine']['date']}): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -18,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import flask
 from werkzeug.datastructures import ETags
-from werkzeug.http import parse_etags
+from werkzeug.http import parse_etags, parse_list_header
 
 from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 from service.errors import ApiError, ShuttingDown
@@ -29,7 +28,6 @@ from service.state import ServiceState, get_state
 
 bp = flask.Blueprint("prices", __name__)
 LONG_POLL_MAX_SECONDS = 60  # Prefer: wait=N beyond this waits this long
-PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]{1,7})(?![0-9])", re.IGNORECASE)
 MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
 DEFAULT_HISTORY_LIMIT = 10
 # What a symbol parameter may be: matched case-insensitively against SYMBOL_PATTERN.
@@ -133,14 +131,27 @@ def _tick_after(state: ServiceState, tags: ETags, subject: str, current: int) ->
 
 
 def preferred_wait(prefer: str | None) -> int | None:
-    """The seconds of an RFC 7240 ``Prefer: wait=N``, capped at LONG_POLL_MAX_SECONDS;
-    None when absent or not a positive whole number."""
+    """The seconds of an RFC 7240 ``Prefer: wait=N`` (the first ``wait`` preference of
+    the comma-separated list; its parameters after ``;`` ignored; the value a token or a
+    quoted string of digits, RFC 9111's delta-seconds), capped at LONG_POLL_MAX_SECONDS:
+    a value too large to hold is the cap, as RFC 9111 says of delta-seconds. None when
+    absent, zero, or not a whole number (``1e400``, ``-3``, ``1.5``: not a wait at all)."""
     if not prefer:
         return None
-    match = PREFER_WAIT.search(prefer)
-    if match is None or not 1 <= int(match.group(1)) <= 10**6:
-        return None
-    return min(int(match.group(1)), LONG_POLL_MAX_SECONDS)
+    for preference in parse_list_header(prefer):
+        name, equals, value = preference.partition(";")[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if not equals or not value.isascii() or not value.isdigit():
+            return None
+        # More digits than the cap has are more than the cap (and int() is not asked to
+        # read ten thousand of them).
+        seconds = LONG_POLL_MAX_SECONDS if len(value) > 6 else int(value)
+        return min(seconds, LONG_POLL_MAX_SECONDS) or None
+    return None
 
 
 def _hold_until_the_tick_turns(

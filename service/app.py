@@ -33,6 +33,11 @@ def create_app(
     configure_logging(settings.log_format, settings.log_level)
 
     app = RoutedFlask(__name__, static_folder=None)  # the page blueprint serves them
+    # werkzeug answers a path with doubled slashes with a 308 and an HTML body, to a
+    # Location built from the Host header (a client's input): here such a path is
+    # simply not one of ours, and gets the JSON 404 (no route ends in a slash, so no
+    # other redirect is made either).
+    app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]  # price and timestamp first
     metrics = Metrics(settings.symbols, settings.metrics_dir)
     feed = PriceFeed(

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.api import LONG_POLL_MAX_SECONDS, preferred_wait
 from service.app import create_app
 from service.config import Settings
 from service.state import get_state
@@ -179,6 +180,52 @@ def test_without_a_current_tag_or_a_valid_prefer_nothing_waits(
         plain = pinned.get("/crypto-price", headers={"Prefer": prefer, "If-None-Match": tag})
         assert plain.status_code == 304 and "Preference-Applied" not in plain.headers, prefer
     assert time.monotonic() - started < 1
+
+
+def test_prefer_wait_beyond_what_anyone_holds_is_the_cap_and_not_a_number_is_no_wait(
+    pinned: flask.testing.FlaskClient,
+) -> None:
+    fresh = pinned.get("/crypto-price", headers={"Prefer": "wait=1000001"})
+    assert fresh.headers["Preference-Applied"] == "wait=60"
+    for prefer in ("wait=1e400", "wait=1.5", 'wait="2', "wait=1 2"):
+        tag = pinned.get("/crypto-price").headers["ETag"]
+        plain = pinned.get("/crypto-price", headers={"Prefer": prefer, "If-None-Match": tag})
+        assert plain.status_code == 304 and "Preference-Applied" not in plain.headers, prefer
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-!#$%&'*+.^_`|~0123456789", min_size=1)
+QUOTED = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
+).map(lambda text: f'"{text}"')
+WORD = TOKEN | QUOTED  # RFC 7240's word: a token or a quoted string
+
+
+@given(prefer=st.text(max_size=200))
+def test_any_prefer_header_is_no_wait_or_a_wait_within_bounds(prefer: str) -> None:
+    wait = preferred_wait(prefer)
+    assert wait is None or 1 <= wait <= LONG_POLL_MAX_SECONDS
+
+
+@given(
+    before=st.lists(st.tuples(TOKEN, WORD).filter(lambda p: p[0].lower() != "wait"), max_size=3),
+    seconds=st.integers(min_value=0, max_value=10**30),
+    quoted=st.booleans(),
+    parameters=st.lists(st.tuples(TOKEN, WORD), max_size=2),
+    after=st.lists(st.tuples(TOKEN, WORD), max_size=3),
+    case=st.sampled_from(["wait", "WAIT", "Wait"]),
+)
+def test_the_first_wait_preference_is_read_as_rfc_7240_writes_it(
+    before: list[tuple[str, str]],
+    seconds: int,
+    quoted: bool,
+    parameters: list[tuple[str, str]],
+    after: list[tuple[str, str]],
+    case: str,
+) -> None:
+    value = f'"{seconds}"' if quoted else str(seconds)
+    wait = f"{case} = {value}" + "".join(f"; {name}={word}" for name, word in parameters)
+    header = ", ".join([*(f"{n}={w}" for n, w in before), wait, *(f"{n}={w}" for n, w in after)])
+    assert preferred_wait(header) == (min(seconds, LONG_POLL_MAX_SECONDS) or None), header
 
 
 def test_a_long_poll_ends_at_once_when_the_service_starts_draining(make_app: AppFactory) -> None:
