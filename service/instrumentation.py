@@ -11,11 +11,12 @@ headers, which the limiter writes.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import flask
@@ -82,17 +83,30 @@ class Instrumentation:
             headers.extend(facts.headers)
             return start_response(status_line, headers, exc_info)
 
+        def finish(body: Body | None = None) -> None:
+            # No status: the application raised past Flask's own handling, or a WebSocket
+            # took the connection over (and answered 101 itself). A streamed body that
+            # raised before its first part: the server answered 500 in its place.
+            if not status or body is Body.FAILED:
+                code = 101 if facts.upgraded and not status else 500
+            else:
+                code = int(status[:3])
+            code = facts.stands_for or code
+            self._record(environ, facts, code, started, request_id, body)
+
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         self._metrics.in_flight.inc()
+        streamed = False
         try:
-            return self._app(environ, start)
+            body = self._app(environ, start)
+            if facts.streamed:
+                streamed = True
+                return RecordedWhenClosed(body, finish)
+            return body
         finally:
             self._metrics.in_flight.dec()
-            # No status: the application raised past Flask's own handling, or a WebSocket
-            # took the connection over (and answered 101 itself).
-            code = int(status[:3]) if status else (101 if facts.upgraded else 500)
-            code = facts.stands_for or code
-            self._record(environ, facts, code, started, request_id)
+            if not streamed:
+                finish()
             structlog.contextvars.reset_contextvars(**tokens)
 
     def _record(
@@ -102,6 +116,7 @@ class Instrumentation:
         status: int,
         started: float,
         request_id: str,
+        body: Body | None,
     ) -> None:
         seconds = time.perf_counter() - started
         route = facts.route
@@ -125,4 +140,52 @@ class Instrumentation:
             client=facts.client or environ.get("REMOTE_ADDR", "unknown"),
             rate_limited=rate_limited,
             request_id=request_id,
+            **({} if body is None else {"body": body.value}),
+            **({} if facts.stream_end is None else {"ended": facts.stream_end}),
         )
+
+
+class Body(enum.Enum):
+    """How a streamed body ended, as its access line says."""
+
+    COMPLETE = "complete"  # to its end
+    CUT = "cut"  # the client left, or a write failed or timed out, after the first part
+    FAILED = "failed"  # raised before its first part: the server answered 500 instead
+
+
+class RecordedWhenClosed:
+    """A streamed body (``RequestFacts.streamed``) that the server iterates as the
+    application's own, and that calls ``finish`` with how it ended once the server closes
+    it (as werkzeug's ``ClosingIterator`` calls its callbacks), so that its access line
+    and status are written when it ends, not when its headers go out."""
+
+    __slots__ = ("_body", "_ended", "_finish", "_parts")
+
+    def __init__(self, body: Iterable[bytes], finish: Callable[[Body], None]) -> None:
+        self._body = body
+        self._parts = iter(body)
+        self._finish = finish
+        self._ended: Body | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            part = next(self._parts)
+        except StopIteration:
+            self._ended = Body.COMPLETE
+            raise
+        except BaseException:
+            self._ended = self._ended or Body.FAILED
+            raise
+        self._ended = self._ended or Body.CUT  # until it completes
+        return part
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(self._ended or Body.CUT)

@@ -44,7 +44,7 @@ from service.errors import ApiError, ShuttingDown
 from service.fanout import HEARTBEAT, REPLAY_YIELD_EVERY, Rendered, SocketWriter, Subscription
 from service.feed import HISTORY_MAX, PriceFeed
 from service.logs import get_logger
-from service.request_facts import facts_of
+from service.request_facts import RequestFacts, facts_of
 from service.state import ServiceState, get_state
 from service.stream_slots import Slot
 from service.websocket import WebSocket
@@ -216,8 +216,10 @@ def stream() -> flask.Response:
     )
     slot: Slot = flask.g.pop("push_slot")
     environ = flask.request.environ
+    facts = facts_of(environ)
+    facts.held = facts.streamed = True  # a session: logged when it ends, not request latency
     events = SseStream(
-        state, symbols, after, slot, connection_socket(environ), body_framing(environ)
+        state, symbols, after, slot, connection_socket(environ), body_framing(environ), facts
     )
     response = flask.Response(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
@@ -262,6 +264,7 @@ def websocket() -> flask.Response:
         state.hub.unsubscribe(subscription)
     reason = "too_slow" if ws.too_slow else subscription.reason or _ended_by_itself(state)
     state.metrics.count_stream_end("websocket", reason)
+    facts.stream_end = reason
     if ws.too_slow:
         log.info("client too slow to take the response: dropped", transport="websocket")
     return HandedOver()
@@ -308,7 +311,9 @@ class SseStream:
         slot: Slot,
         sock: socket.socket | None,
         chunked: bool | None = None,
+        facts: RequestFacts | None = None,  # told why the stream ended, for its access line
     ):
+        self._facts = facts
         self._chunked = chunked  # how the fan-out may write to sock itself (None: it may not)
         self._ends = time.monotonic() + state.settings.stream_lifetime_minutes * 60
         self._state = state
@@ -338,6 +343,8 @@ class SseStream:
             or (_ended_by_itself(self._state) if self._finished else "gone")
         )
         self._metrics.count_stream_end("sse", ended_by)
+        if self._facts is not None:
+            self._facts.stream_end = ended_by
         if self._sock is not None:  # a kept-alive connection waits for its next request
             with contextlib.suppress(OSError):  # cut, or closed
                 self._sock.settimeout(self._timeout_before)

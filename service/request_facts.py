@@ -29,6 +29,9 @@ class RequestFacts:
     # The request's time is a session's or a long-poll's wait, not request latency: it is
     # counted but kept out of http_request_duration_seconds.
     held: bool = False
+    # The body is a stream: the request is recorded when it ends, not when it begins.
+    streamed: bool = False
+    stream_end: str | None = None  # why a stream or WebSocket ended (stream_ends_total's reason)
 
 
 def facts_of(environ: dict[str, Any]) -> RequestFacts:

@@ -62,6 +62,19 @@ def test_sse_delivers_every_tick_ends_by_itself_and_resumes_without_loss(
         replayed = next(events), next(events), next(events)
     resumed = [int(event.last_event_id) for event in replayed]
     assert resumed == [ids[-1] + 1, ids[-1] + 2, ids[-1] + 3]  # nothing lost
+    # Each stream's access line is written when it ends, with its length and how it ended
+    # (the second: once the server's next write finds its client gone).
+    wait_until(lambda: service.metric("stream_ends_total", reason="gone") == 1, 5, "gone")
+    service.stop()
+    lines = [
+        json.loads(line) for line in service.logs().splitlines() if '"event":"request"' in line
+    ]
+    streams = [line for line in lines if line["route"] == "/v1/prices/stream"]
+    assert [(line["status"], line["ended"]) for line in streams] == [
+        (200, "lifetime"),
+        (200, "gone"),
+    ]
+    assert 2000 < streams[0]["duration_ms"] < 5000, streams[0]
 
 
 def test_sse_sends_its_retry_hint_and_heartbeats(start_service: ServiceFactory) -> None:
