@@ -99,6 +99,9 @@ class Poller:
         self._clock = clock
         self._last: dict[str | None, Quote] = {}
         self._next_tick_at: float | None = None  # local time the next price is due
+        self._tick_seconds: float | None = None  # how long the server's ticks last
+        self._due: float | None = None  # server time the next price is due, as last told
+        self._new_tick = False  # the last poll brought a tick the one before did not
         self._not_before = 0.0
         self._offset: float | None = None  # server clock minus local clock, when known
         self._failures_in_a_row = 0
@@ -124,6 +127,8 @@ class Poller:
                 align=options.align,
                 spread=options.spread,
                 rng=self._rng,
+                tick_seconds=self._tick_seconds,
+                new_tick=self._new_tick,
             )
             if self.stop.wait(max(0.0, at - self._clock())):
                 break
@@ -182,7 +187,10 @@ class Poller:
             for q in fetched.quotes
             if q.next_update_at is not None and q.period is not None
         ]
+        self._new_tick = bool(due) and (self._due is None or min(due) > self._due)
         if due:
+            self._due = min(due)
+            self._tick_seconds = min(q.period for q in fetched.quotes if q.period is not None)
             quote = fetched.quotes[0]
             # Server time -> local time, from the response's own timestamp, which was
             # taken at most half the round trip either side of its midpoint: wait that

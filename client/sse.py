@@ -3,7 +3,9 @@ lines of ``field: value``, an event dispatched at each blank line, ``:`` comment
 ignored, ``id`` remembered across events (it is what a reconnect sends as
 ``Last-Event-ID``), ``retry`` a reconnection delay in milliseconds.
 
-Outside input: whatever the bytes, it yields events or nothing, and raises nothing.
+Outside input: whatever the bytes, it yields events or nothing, and raises nothing; or,
+asked to be ``strict`` (as crypto-poll is), :class:`TooLarge` as soon as a line or an
+event passes ``MAX_EVENT_BYTES``, without holding more than that of it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from dataclasses import dataclass
 
 MAX_EVENT_BYTES = 1 << 20  # data beyond this in one event is dropped with the event
 RETRY_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+class TooLarge(ValueError):
+    """A line or an event longer than MAX_EVENT_BYTES (in strict mode)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class EventStream:
 
     last_event_id: str = ""
     retry_ms: int | None = None
+    strict: bool = False  # an event over the bound raises TooLarge rather than being dropped
 
     def __post_init__(self) -> None:
         self._data: list[str] = []
@@ -53,6 +60,9 @@ class EventStream:
             self._size += len(value) + 1
             if self._size <= MAX_EVENT_BYTES:
                 self._data.append(value)
+            elif self.strict:
+                self._data, self._size = [], 0
+                raise TooLarge(f"an event larger than {MAX_EVENT_BYTES} bytes")
         elif name == "event":
             self._event = value
         elif name == "id":
@@ -70,8 +80,9 @@ class EventStream:
         return Event("\n".join(data), event or "message", self.last_event_id)
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Lines of a byte stream, ended by CRLF, LF or CR, decoded as UTF-8 (errors replaced)."""
+def split_lines(chunks: Iterable[bytes], strict: bool = False) -> Iterator[str]:
+    """Lines of a byte stream, ended by CRLF, LF or CR, decoded as UTF-8 (errors replaced).
+    A line longer than MAX_EVENT_BYTES is dropped, or with ``strict`` raises TooLarge."""
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -85,5 +96,7 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
             pending = pending[match.end() :]
         if len(pending) > MAX_EVENT_BYTES:
             pending = b""  # a line longer than any event may be: dropped
+            if strict:
+                raise TooLarge(f"an event-stream line longer than {MAX_EVENT_BYTES} bytes")
     if pending.endswith(b"\r"):  # the stream ended: a CR held back above ends its line
         yield pending[:-1].decode("utf-8", "replace")

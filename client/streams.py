@@ -16,9 +16,10 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import requests
+import urllib3
 import websocket
 
 from client.api import (
@@ -33,12 +34,25 @@ from client.api import (
     status_error,
     timed_out,
 )
-from client.payload import BadPayload, parse_quotes
-from client.sse import Event, EventStream, split_lines
+from client.payload import MAX_BODY_BYTES, BadPayload, parse_quotes
+from client.sse import Event, EventStream, TooLarge, split_lines
 
 # A stream that says nothing for this long (the server's heartbeat is 15 s) is dead.
 SILENCE_SECONDS = 45.0
 DEFAULT_RETRY_MS = 2000  # before reconnecting, when the server sent no retry hint
+READ_BYTES = 65536  # what one read of a stream asks the socket for
+# A WebSocket message larger than a poll's body may be (MAX_BODY_BYTES) is refused as it
+# is read; the slack covers its frames' headers and a control frame read on the way.
+WEBSOCKET_READ_BUDGET = MAX_BODY_BYTES + 4096
+
+
+def arriving(response: requests.Response) -> Iterator[bytes]:
+    """A streamed body as it arrives, whatever its framing. requests' ``iter_content``
+    waits for the whole body unless it is chunked; an event stream delimited by the
+    connection's end (HTTP/1.0, and many proxies) would never give its first event.
+    urllib3's ``read1`` returns what one read of the socket gives (decoded, de-chunked)."""
+    while chunk := response.raw.read1(READ_BYTES):
+        yield chunk
 
 
 class _PushClient:
@@ -99,7 +113,7 @@ class SseClient(_PushClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._stream = EventStream()
+        self._stream = EventStream(strict=True)
         self._response: requests.Response | None = None
         self._events: Iterator[Event] | None = None
 
@@ -132,7 +146,7 @@ class SseClient(_PushClient):
             raise BadPayload("not an event stream")
         self.connections += 1
         self._response = response
-        return self._stream.feed(split_lines(response.iter_content(chunk_size=None)))
+        return self._stream.feed(split_lines(arriving(response), strict=True))
 
     def _next_document(self) -> str:
         while True:
@@ -146,7 +160,10 @@ class SseClient(_PushClient):
                 self.close()
                 retry = (self._stream.retry_ms or DEFAULT_RETRY_MS) / 1000
                 raise RetryableError("the stream ended", "stream_end", None, retry) from None
-            except (requests.RequestException, OSError) as exc:
+            except TooLarge as exc:
+                self.close()  # what follows cannot be trusted to be where an event starts
+                raise BadPayload(str(exc)) from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 self.close()
                 raise RetryableError(f"stream broken: {root_cause(exc)}", "connection") from None
             if event.event == "error":
@@ -172,14 +189,35 @@ class SseClient(_PushClient):
         self._response, self._events = None, None
 
 
+class MessageTooLarge(websocket.WebSocketException):
+    pass
+
+
+class BoundedWebSocket(websocket.WebSocket):
+    """websocket-client's WebSocket, stopping a message larger than ``budget`` bytes as it
+    is read: websocket-client has no size limit and would take a 300 MB frame whole.
+    Every read of its frames goes through ``_recv`` (websocket-client 1.x, pinned in
+    pyproject.toml; tests/client/test_streams.py fails loudly should that change)."""
+
+    budget: int | None = None  # bytes the message being read may still take
+
+    def _recv(self, bufsize: int) -> bytes:
+        data: bytes = super()._recv(bufsize)  # type: ignore[no-untyped-call]
+        if self.budget is not None:
+            self.budget -= len(data)
+            if self.budget < 0:
+                raise MessageTooLarge(f"a WebSocket message larger than {MAX_BODY_BYTES} bytes")
+        return data
+
+
 class WebSocketClient(_PushClient):
     path = "/v1/prices/ws"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ws: websocket.WebSocket | None = None
+        self._ws: BoundedWebSocket | None = None
 
-    def _connect(self) -> websocket.WebSocket:
+    def _connect(self) -> BoundedWebSocket:
         url = ("ws" + self.base.removeprefix("http")) + self.path + self.query
         self.requests_sent += 1
         try:
@@ -188,6 +226,7 @@ class WebSocketClient(_PushClient):
                 timeout=self.timeout,
                 header=[f"{name}: {value}" for name, value in self.headers.items()],
                 suppress_origin=True,  # not a page: it speaks for no origin
+                class_=BoundedWebSocket,
             )
         except websocket.WebSocketBadStatusException as exc:
             # A refused handshake is an HTTP answer like a poll's: its status, its error
@@ -200,14 +239,18 @@ class WebSocketClient(_PushClient):
             raise connection_failed(exc) from None
         ws.settimeout(SILENCE_SECONDS)
         self.connections += 1
-        return ws
+        return cast(BoundedWebSocket, ws)
 
     def _next_document(self) -> str:
         if self._ws is None:
             self._ws = self._connect()
+        self._ws.budget = WEBSOCKET_READ_BUDGET
         try:
             # Answers the server's pings as it reads; returns at a text, binary or close frame.
             opcode, data = self._ws.recv_data()
+        except MessageTooLarge as exc:
+            self.close()
+            raise BadPayload(str(exc)) from None
         except websocket.WebSocketTimeoutException:
             self.close()
             raise RetryableError(f"silent for {SILENCE_SECONDS:g} s", "timeout") from None

@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,10 +122,12 @@ def silent_server() -> Iterator[SilentServer]:
 
 
 class RawServer:
-    """Answers each connection with the bytes ``reply(request_head)`` returns, then closes
-    it: for answers no HTTP library would write (a WebSocket's frames, broken streams)."""
+    """Answers each connection with the bytes ``reply(request_head)`` returns (or yields,
+    part by part, as a server streaming over time would), then closes it: for answers no
+    HTTP library would write (a WebSocket's frames, broken streams, close-delimited
+    bodies)."""
 
-    def __init__(self, reply: Callable[[bytes], bytes]) -> None:
+    def __init__(self, reply: Callable[[bytes], bytes | Iterable[bytes]]) -> None:
         self.reply = reply
         self.connections = 0
         self._listener = socket.socket()
@@ -152,7 +154,9 @@ class RawServer:
                         break
                     head += chunk
                 try:
-                    conn.sendall(self.reply(head))
+                    reply = self.reply(head)
+                    for part in [reply] if isinstance(reply, bytes) else reply:
+                        conn.sendall(part)
                     conn.shutdown(socket.SHUT_WR)
                     conn.recv(4096)  # until the client has read and closed (or 5 s)
                 except OSError:

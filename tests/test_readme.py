@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from bench import compare_report, deflate, report
+from bench import compare_report, deflate, report, workercpu
 from bench.scale import goals_table, readme_table
 from tests.conftest import TESTS
 
@@ -67,3 +67,10 @@ def test_the_readmes_bench_and_soak_figures_are_the_committed_runs() -> None:
     soak = json.loads((TESTS.parent / "bench" / "soak.json").read_text())
     assert report.readme_bench(results) in text, "README != bench/results.json"
     assert report.readme_soak(soak) in text, "README != bench/soak.json"
+
+
+def test_the_readmes_old_against_new_figures_are_the_committed_runs() -> None:
+    text = README.read_text()
+    for name in ("workercpu_embedded.json", "workercpu_production.json"):
+        record = json.loads((TESTS.parent / "bench" / name).read_text())
+        assert workercpu.readme_line(record) in text, f"README != bench/{name}"

@@ -61,16 +61,30 @@ def test_retry_after_is_a_floor_on_the_next_poll() -> None:
     assert schedule(3.1, not_before=10.0, next_tick_at=6.0) == 10.0
 
 
+def test_a_new_tick_is_asked_for_as_soon_as_it_is_due_whatever_the_interval() -> None:
+    # Started 2.6 s into a tick: the next price at 3.0, not 2 s after this poll.
+    assert schedule(2.62, tick_seconds=PERIOD, new_tick=True) == 3.0
+    assert schedule(2.62, tick_seconds=PERIOD, new_tick=True, not_before=5.0) == 5.0
+
+
+def test_the_interval_still_guards_against_asking_twice_for_the_same_tick() -> None:
+    # The last poll brought nothing new (a clock ahead of the server's): the interval.
+    assert schedule(2.62, tick_seconds=PERIOD, new_tick=False) == 4.62
+    # Ticks shorter than the interval: one poll a tick would be more often than asked.
+    assert schedule(2.62, tick_seconds=1.0, new_tick=True, next_tick_at=3.0) == 4.62
+    assert schedule(2.62, tick_seconds=PERIOD, new_tick=True, consecutive_failures=1) == 6.62
+
+
 def simulate(
-    align: bool, polls: int = 300, retry_after_every: int = 0
-) -> tuple[float, float, int, int]:
+    align: bool, polls: int = 300, retry_after_every: int = 0, start: float = 0.37
+) -> tuple[float, float, int, int, list[float]]:
     """A client at the defaults (2 s interval, 0.25 s spread) against 3 s ticks, each poll
     taking 20 ms; every ``retry_after_every``-th poll first meets a 429 with Retry-After: 4.
     Returns requests per observed price change, the mean delay from tick start to
     observation, the answers that repeated the last tick (304s), and the ticks skipped
     while the server answered."""
     rng = random.Random(11)
-    now, last_tick, changes, delays, repeats, skipped = 0.37, None, 0, [], 0, 0
+    now, last_tick, changes, delays, repeats, skipped = start, None, 0, [], 0, 0
     requests = 0
     for poll in range(1, polls + 1):
         requests += 1
@@ -86,18 +100,34 @@ def simulate(
             changes += 1
             delays.append(now - tick * PERIOD)
             skipped += tick - last_tick - 1
+        new_tick = tick != last_tick
         last_tick = tick
-        now = schedule(now, align=align, spread=0.25, rng=rng, next_tick_at=(tick + 1) * PERIOD)
-    return requests / max(changes, 1), sum(delays) / len(delays), repeats, skipped
+        now = schedule(
+            now,
+            align=align,
+            spread=0.25,
+            rng=rng,
+            next_tick_at=(tick + 1) * PERIOD,
+            tick_seconds=PERIOD,
+            new_tick=new_tick,
+        )
+    return requests / max(changes, 1), sum(delays) / len(delays), repeats, skipped, delays
 
 
 def test_alignment_makes_one_request_per_price_change() -> None:
-    aligned_ratio, aligned_delay, repeats, skipped = simulate(align=True)
-    fixed_ratio, fixed_delay, _, _ = simulate(align=False)
+    aligned_ratio, aligned_delay, repeats, skipped, _ = simulate(align=True)
+    fixed_ratio, fixed_delay, _, _, _ = simulate(align=False)
     assert aligned_ratio < 1.01 and aligned_delay <= 0.3 and repeats == 0 and skipped == 0
     assert fixed_ratio > 1.4 and fixed_delay > 0.5  # the seed's fixed 2 s loop
 
 
+def test_started_late_in_a_tick_every_price_after_the_first_is_seen_on_time() -> None:
+    for start in (2.6, 2.9, 1.1, 0.01):
+        _, _, repeats, skipped, delays = simulate(align=True, polls=20, start=start)
+        assert max(delays) <= 0.5, (start, delays[:3])  # the first ones too
+        assert repeats == 0 and skipped == 0  # and no more requests for it
+
+
 def test_after_a_long_poll_the_next_poll_neither_repeats_nor_skips_a_tick() -> None:
-    _, _, repeats, skipped = simulate(align=True, retry_after_every=5)
+    _, _, repeats, skipped, _ = simulate(align=True, retry_after_every=5)
     assert repeats == 0 and skipped == 0

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.sse import Event, EventStream, split_lines
+from client.sse import MAX_EVENT_BYTES, Event, EventStream, TooLarge, split_lines
 
 
 def events(raw: bytes, chunk: int = 7) -> tuple[list[Event], EventStream]:
@@ -56,3 +57,33 @@ def test_data_lines_come_back_as_sent(lines: list[str]) -> None:
     raw = "".join(f"data: {line}\n" for line in lines) + "\n"
     found, _ = events(raw.encode())
     assert found == ([Event("\n".join(lines))] if lines else [])
+
+
+def strict_events(raw: bytes, chunk: int) -> list[Event]:
+    stream = EventStream(strict=True)
+    chunks = [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+    return list(stream.feed(split_lines(chunks, strict=True)))
+
+
+# Past the bound: one line, or an event of many lines (each adds its value and a newline).
+LINES_PAST = MAX_EVENT_BYTES // 1001 + 1
+LONG = st.sampled_from(
+    [b"data: " + b"x" * MAX_EVENT_BYTES, (b"data: " + b"y" * 1000 + b"\n") * LINES_PAST]
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(before=st.binary(max_size=200), long=LONG, after=st.binary(max_size=200))
+def test_strict_any_bytes_yield_events_or_too_large_past_the_bound(
+    before: bytes, long: bytes, after: bytes
+) -> None:
+    # Within the bound the same events as the browser's model; past it, TooLarge, raised
+    # as soon as the bound is passed.
+    assert strict_events(before, 4096) == events(before, 4096)[0]
+    with pytest.raises(TooLarge):
+        strict_events(before + b"\n\n" + long + after, 65536)
+
+
+def test_not_strict_an_event_past_the_bound_is_dropped_and_the_next_one_comes() -> None:
+    raw = (b"data: " + b"y" * 1000 + b"\n") * LINES_PAST + b"\ndata: next\n\n"
+    assert [event.data for event in events(raw, 65536)[0]] == ["next"]

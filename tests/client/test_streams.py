@@ -6,8 +6,13 @@ PollError: nothing else, and no hang."""
 from __future__ import annotations
 
 import json
+import struct
+import time
+import tracemalloc
+from collections.abc import Iterator
 
 import pytest
+import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +124,81 @@ def test_any_bytes_in_an_event_stream_are_a_document_or_a_poll_error(body: bytes
                 client.fetch()
             except (BadPayload, RetryableError):
                 continue
+
+
+EVENT_STREAM_1_0 = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+
+def test_a_close_delimited_event_stream_gives_each_event_as_it_arrives() -> None:
+    # No length, not chunked: the body ends with the connection (HTTP/1.0, many proxies).
+    sent: list[float] = []
+
+    def trickle(_: bytes) -> Iterator[bytes]:
+        yield EVENT_STREAM_1_0
+        for tick in range(3):
+            sent.append(time.monotonic())
+            yield b"id: %d\ndata: %s\n\n" % (tick, DOCUMENT)
+            time.sleep(1.0)
+
+    with RawServer(trickle) as server, SseClient(server.url, ["BTC"]) as client:
+        for _ in range(3):
+            assert client.fetch().quotes[0].price == 101.5
+            assert time.monotonic() - sent[-1] < 0.5  # as it came, not when the body ended
+        assert len(sent) == 3
+
+
+def endless(head: bytes, part: bytes, limit: int = 400 * 2**20) -> Iterator[bytes]:
+    """``head``, then ``part`` over and over (until the client hangs up, or ``limit``)."""
+    yield head
+    for _ in range(limit // len(part)):
+        yield part
+
+
+def refused_within_bounds(client: SseClient | WebSocketClient, reason: str) -> None:
+    """``client``'s next fetch is refused for ``reason`` within 5 s, holding under 16 MiB
+    (the client's allocations, and the scripted server's, traced)."""
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BadPayload, match=reason):
+            client.fetch()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 5
+    assert peak < 16 * 2**20, peak
+
+
+def test_an_event_stream_line_that_never_ends_is_refused_in_bounded_memory() -> None:
+    line = EVENT_STREAM_1_0 + b"data: "
+    with (
+        RawServer(lambda _: endless(line, b"x" * 65536)) as server,
+        SseClient(server.url, ["BTC"]) as client,
+    ):
+        refused_within_bounds(client, "line longer than 1048576 bytes")
+
+
+def test_an_event_stream_event_of_many_lines_past_the_bound_is_refused() -> None:
+    lines = EVENT_STREAM_1_0 + b"data: x\n"
+    with (
+        RawServer(lambda _: endless(lines, b"data: " + b"x" * 1000 + b"\n")) as server,
+        SseClient(server.url, ["BTC"]) as client,
+        pytest.raises(BadPayload, match="an event larger than 1048576 bytes"),
+    ):
+        client.fetch()
+
+
+def test_a_300_mb_websocket_frame_is_refused_as_it_is_read_in_bounded_memory() -> None:
+    # The hook websocket-client's reads go through (see client/streams.py).
+    assert "_recv" in vars(websocket.WebSocket), (
+        "websocket-client changed: re-check BoundedWebSocket"
+    )
+    size = 300 * 10**6
+    header = websocket_frame(b"", opcode=0x1)[:1] + bytes([127]) + struct.pack("!Q", size)
+    with (
+        RawServer(
+            lambda head: endless(websocket_accept(head) + header, b"x" * 65536, size)
+        ) as server,
+        WebSocketClient(server.url, ["BTC"]) as client,
+    ):
+        refused_within_bounds(client, "WebSocket message larger than 1048576 bytes")

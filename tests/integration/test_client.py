@@ -204,6 +204,27 @@ def test_a_server_that_comes_up_late_is_waited_for_then_polled_every_tick(
     assert (stats["unchanged"], stats["skipped_ticks"]) == (0, 0)
 
 
+def test_started_late_in_a_tick_every_price_after_the_first_is_polled_as_it_turns(
+    start_service: ServiceFactory,
+) -> None:
+    # The default shape scaled by two (6 s ticks, a 4 s interval), so that the client's
+    # own start-up time cannot move its first poll out of the tick's last third. The
+    # interval alone would hold each next price back (2 s and more).
+    service = start_service(PRICE_TICK_SECONDS="6")
+    while not 3.9 <= time.time() % 6.0 < 4.0:
+        time.sleep(0.01)
+    result = poll("--url", service.url, "--count", "3", "--interval", "4", "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    service.stop()
+    served = service.served()
+    assert len(served) == 3 and {s.status for s in served} == {200}
+    # From the server's side: when it got each poll, past its tick's start.
+    into_tick = [round(s.started_at % 6.0, 2) for s in served]
+    assert into_tick[0] >= 3.9, into_tick  # the first, late in its tick
+    assert all(seconds < 0.5 for seconds in into_tick[1:]), into_tick
+    assert summary(result.stderr)["skipped_ticks"] == 0
+
+
 def test_a_client_polling_slower_than_the_ticks_counts_every_skipped_tick(
     start_service: ServiceFactory,
 ) -> None:
