@@ -87,10 +87,12 @@ class Instrumentation:
             # No status: the application raised past Flask's own handling, or a WebSocket
             # took the connection over (and answered 101 itself). A streamed body that
             # raised before its first part: the server answered 500 in its place.
-            if not status or body is Body.FAILED:
-                code = 101 if facts.upgraded and not status else 500
-            else:
+            if body is Body.FAILED:
+                code = 500
+            elif status:
                 code = int(status[:3])
+            else:
+                code = 101 if facts.upgraded else 500
             code = facts.stands_for or code
             self._record(environ, facts, code, started, request_id, body)
 

@@ -88,9 +88,14 @@ def retry_ms(seconds: float) -> int:
 
 
 def connection_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """The client connection's socket, which gunicorn hands over (None elsewhere), with
-    its send buffer bounded to ``PUSH_SEND_BUFFER_BYTES``: a push connection's."""
+    """The client connection's socket, which gunicorn hands over (None elsewhere)."""
     sock: socket.socket | None = environ.get("gunicorn.socket")
+    return sock
+
+
+def bound_send_buffer(sock: socket.socket | None) -> socket.socket | None:
+    """``sock`` with its kernel send buffer bounded to ``PUSH_SEND_BUFFER_BYTES`` (a push
+    connection's: see there)."""
     if sock is not None:
         with contextlib.suppress(OSError):  # cut already: its first write will say so
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PUSH_SEND_BUFFER_BYTES)
@@ -219,7 +224,13 @@ def stream() -> flask.Response:
     facts = facts_of(environ)
     facts.held = facts.streamed = True  # a session: logged when it ends, not request latency
     events = SseStream(
-        state, symbols, after, slot, connection_socket(environ), body_framing(environ), facts
+        state,
+        symbols,
+        after,
+        slot,
+        bound_send_buffer(connection_socket(environ)),
+        body_framing(environ),
+        facts,
     )
     response = flask.Response(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
@@ -242,7 +253,7 @@ def websocket() -> flask.Response:
     slot: Slot = flask.g.push_slot
     environ = flask.request.environ
     subscription = Subscription(tuple(symbols), transport="websocket")  # joins in pushed()
-    connection_socket(environ)  # its send buffer bounded
+    bound_send_buffer(connection_socket(environ))
     ws = WebSocket.accept(
         environ,
         ping_interval=state.settings.stream_heartbeat_seconds,
