@@ -21,7 +21,7 @@ from werkzeug.http import parse_etags, parse_list_header
 
 from service.config import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 from service.errors import ApiError, ShuttingDown
-from service.feed import HISTORY_MAX
+from service.feed import HISTORY_MAX, parse_tick
 from service.prices import TickQuote
 from service.request_facts import facts_of
 from service.state import ServiceState, get_state
@@ -119,12 +119,11 @@ def _tick_after(state: ServiceState, tags: ETags, subject: str, current: int) ->
     for tag in tags.as_set(include_weak=True):
         if not tag:  # werkzeug reads an empty tag '""' as None, despite its annotation
             continue
-        seen, _, _ = tag.partition("-")
-        if not (seen.isascii() and seen.isdigit() and len(seen) <= 15):
-            continue
-        tick = int(seen)
-        if tag == _etag(state.settings.price_seed, subject, tick) and (
-            current - HISTORY_MAX < tick < current
+        tick = parse_tick(tag.partition("-")[0])
+        if (
+            tick is not None
+            and tag == _etag(state.settings.price_seed, subject, tick)
+            and (current - HISTORY_MAX < tick < current)
         ):
             return tick + 1
     return None

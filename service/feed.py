@@ -11,6 +11,16 @@ from functools import lru_cache
 from service.prices import PriceModel, TickQuote
 
 HISTORY_MAX = 1000  # the largest history a client may ask for, in ticks
+# A tick named by a client (an ETag, Last-Event-ID): today's ticks of 0.1 s have 11 digits.
+TICK_DIGITS = 15
+TICK_PATTERN = f"^[0-9]{{1,{TICK_DIGITS}}}$"
+
+
+def parse_tick(text: str) -> int | None:
+    """The tick that ``text`` names (as TICK_PATTERN), or None."""
+    if not (text.isascii() and text.isdigit() and len(text) <= TICK_DIGITS):
+        return None
+    return int(text)
 
 
 class PriceFeed:

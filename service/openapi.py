@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of every endpoint, precise enough to fuzz the service against."""
+"""The OpenAPI 3.2 document of every endpoint, precise enough to fuzz the service against."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from service.api import DEFAULT_HISTORY_LIMIT, MAX_BATCH_SYMBOLS, SYMBOL_PARAMETER
 from service.config import Settings
-from service.feed import HISTORY_MAX
+from service.feed import HISTORY_MAX, TICK_PATTERN
 from service.version import __version__
 
 JSON = "application/json"
@@ -62,6 +62,11 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
     }
 
 
+def _json_text(schema: str) -> dict[str, Any]:
+    """A string field (an event's data) that holds a JSON document of ``schema``."""
+    return {"type": "string", "contentMediaType": JSON, "contentSchema": _ref(schema)}
+
+
 def _refusals(websocket: bool = False) -> dict[str, Any]:
     """What opening a stream may be refused with (an event stream's refusals go to
     clients that do not ask for text/event-stream; those that do get a 200)."""
@@ -115,14 +120,14 @@ def _get(
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     symbols = list(settings.symbols)
-    symbol_schema = {"type": "string", "pattern": f"^{SYMBOL_PARAMETER}$", "example": symbols[0]}
+    symbol_schema = {"type": "string", "pattern": f"^{SYMBOL_PARAMETER}$", "examples": [symbols[0]]}
     symbol_list = f"^{SYMBOL_PARAMETER}(,{SYMBOL_PARAMETER}){{0,{MAX_BATCH_SYMBOLS - 1}}}$"
     symbols_parameter = {
         "name": "symbols",
         "in": "query",
         "required": False,
         "description": "Comma-separated symbols (default: all).",
-        "schema": {"type": "string", "pattern": symbol_list, "example": ",".join(symbols[:2])},
+        "schema": {"type": "string", "pattern": symbol_list, "examples": [",".join(symbols[:2])]},
     }
     quote: dict[str, Any] = {
         "type": "object",
@@ -136,10 +141,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "next_update_at": {"type": "number", "description": "Unix time of the next tick."},
         },
     }
+    stream_refusals = _refusals()
+    refused_with = sorted(map(int, stream_refusals))
     batch_quote = {**quote, "required": [r for r in quote["required"] if r != "timestamp"]}
     batch_quote["properties"] = {k: v for k, v in quote["properties"].items() if k != "timestamp"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.2.0",
         "info": {
             "title": "Crypto price service",
             "version": __version__,
@@ -167,7 +174,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "schema": {
                             "type": "string",
                             "pattern": symbol_list,
-                            "example": ",".join(symbols[:2]),
+                            "examples": [",".join(symbols[:2])],
                         },
                     }
                 ],
@@ -192,9 +199,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "RateLimit": {"$ref": "#/components/headers/RateLimit"},
                             "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
                         },
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"itemSchema": _ref("StreamEvent")}},
                     },
-                    **_refusals(),
+                    **stream_refusals,
                 },
                 [
                     symbols_parameter,
@@ -205,7 +212,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "required": False,
                         "description": "As Last-Event-ID, for a page that opens a new "
                         "EventSource itself (it cannot set the header); the header wins.",
-                        "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                        "schema": {"type": "string"},
                     },
                 ],
                 keyed=True,
@@ -265,7 +272,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "This document.",
                 {
                     "200": {
-                        "description": "OpenAPI 3.",
+                        "description": "OpenAPI 3.2.",
                         "content": {JSON: {"schema": {"type": "object"}}},
                     }
                 },
@@ -293,14 +300,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "description": "RFC 7240 wait=N (1-60): with a current If-None-Match, hold "
                     "the answer until the tick turns (200) or N seconds pass (304). A tag of an "
                     "earlier tick gets the tick after it.",
-                    "schema": {"type": "string", "example": "wait=30"},
+                    "schema": {"type": "string", "examples": ["wait=30"]},
                 },
                 "Last-Event-ID": {
                     "name": "Last-Event-ID",
                     "in": "header",
                     "required": False,
-                    "description": "The last tick seen: the stream starts after it.",
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                    "description": "The last tick seen (an event's id): the stream starts "
+                    "after it. Any other value (an empty one, another server's id) is ignored, "
+                    "as a reconnecting EventSource must not be refused for it: the stream "
+                    "starts at the current tick.",
+                    "schema": {"type": "string"},
                 },
             },
             "headers": {
@@ -309,7 +319,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Cache-Control": {"schema": {"type": "string", "pattern": "^max-age=\\d+$"}},
                 "RateLimit": {"schema": {"type": "string"}},
                 "RateLimit-Policy": {"schema": {"type": "string"}},
-                "Preference-Applied": {"schema": {"type": "string", "example": "wait=30"}},
+                "Preference-Applied": {"schema": {"type": "string", "examples": ["wait=30"]}},
             },
             "schemas": {
                 "Quote": quote,
@@ -341,6 +351,42 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                         "timestamp": {"type": "number"},
                     },
+                },
+                # One event of /v1/prices/stream, as an EventSource parses it (OpenAPI 3.2's
+                # itemSchema): a tick's document, or the one error event of a refusal.
+                "StreamEvent": {"oneOf": [_ref("TickEvent"), _ref("RefusalEvent")]},
+                "TickEvent": {
+                    "type": "object",
+                    "required": ["id", "data"],
+                    "properties": {
+                        "event": {"const": "message"},
+                        "id": {"type": "string", "pattern": TICK_PATTERN},
+                        "data": _json_text("Prices"),
+                    },
+                    "additionalProperties": False,
+                },
+                "RefusalEvent": {
+                    "type": "object",
+                    "required": ["event", "data", "retry"],
+                    "properties": {
+                        "event": {"const": "error"},
+                        "data": _json_text("Refusal"),
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                    "additionalProperties": False,
+                },
+                "Refusal": {
+                    "allOf": [
+                        _ref("Error"),
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"type": "integer", "enum": refused_with},
+                                "retry_after": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    ]
                 },
                 "Status": {
                     "type": "object",

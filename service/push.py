@@ -42,7 +42,7 @@ from service import errors
 from service.api import batch_prefix, requested_symbols
 from service.errors import ApiError, ShuttingDown
 from service.fanout import HEARTBEAT, REPLAY_YIELD_EVERY, Rendered, SocketWriter, Subscription
-from service.feed import HISTORY_MAX, PriceFeed
+from service.feed import HISTORY_MAX, PriceFeed, parse_tick
 from service.logs import get_logger
 from service.request_facts import RequestFacts, facts_of
 from service.state import ServiceState, get_state
@@ -523,6 +523,4 @@ def document(feed: PriceFeed, symbols: Iterable[str], tick: int, now: float) -> 
 
 def last_event_id(raw: str | None) -> int | None:
     """The tick a reconnecting EventSource saw last, or None if absent or not a tick."""
-    if raw is None or not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
-        return None
-    return int(raw)
+    return None if raw is None else parse_tick(raw)

@@ -59,28 +59,21 @@ def series_count(service: Service) -> int:
     return sum(len(family.samples) for family in text_string_to_metric_families(text))
 
 
-def test_schemathesis_finds_no_5xx_and_no_response_off_the_contract(
-    start_service: ServiceFactory,
-) -> None:
-    service = start_service(RATE_LIMIT="1000000/minute", API_KEYS=f"{KEY}=1000000/minute")
+def run_schemathesis(service: Service, *options: str, config: Path | None = None) -> str:
+    """``schemathesis run`` of the service's own document; its report when it found nothing."""
     schemathesis = Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
         [
             str(schemathesis),
+            *(["--config-file", str(config)] if config else []),
             "run",
             f"{service.url}/openapi.json",
             "--checks",
             "all",
-            "--max-examples",
-            "60",
             "--seed",
             "1",
             "--no-color",
-            # Streams never end by themselves within an example; test_push.py covers them.
-            "--exclude-path",
-            "/v1/prices/stream",
-            "--exclude-path",
-            "/v1/prices/ws",
+            *options,
         ],
         capture_output=True,
         text=True,
@@ -88,6 +81,46 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_the_contract(
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "No issues found" in result.stdout
+    return result.stdout
+
+
+def test_schemathesis_finds_no_5xx_and_no_response_off_the_contract(
+    start_service: ServiceFactory,
+) -> None:
+    service = start_service(RATE_LIMIT="1000000/minute", API_KEYS=f"{KEY}=1000000/minute")
+    run_schemathesis(
+        service,
+        "--max-examples",
+        "60",
+        # The streams: the test below, and test_push.py (schemathesis cannot speak WebSocket).
+        "--exclude-path",
+        "/v1/prices/stream",
+        "--exclude-path",
+        "/v1/prices/ws",
+    )
+
+
+@pytest.mark.parametrize("event_source", [False, True], ids=["any-client", "EventSource"])
+def test_schemathesis_checks_every_event_of_the_stream_against_its_schema(
+    start_service: ServiceFactory, tmp_path: Path, event_source: bool
+) -> None:
+    """Each event pushed (the first five of each stream) is checked against the document's
+    itemSchema, its data against the JSON schema it names: ticks, and the error event that
+    a refusal is to a client asking for text/event-stream."""
+    config = tmp_path / "schemathesis.toml"
+    config.write_text("max-stream-events = 5\n")
+    service = start_service(
+        RATE_LIMIT="1000000/minute", API_KEYS=f"{KEY}=1000000/minute", PRICE_TICK_SECONDS="0.1"
+    )
+    options = ["--max-examples", "20", "--include-path", "/v1/prices/stream"]
+    if event_source:
+        # A refusal to an EventSource is a 200 event stream (it would give up for good on
+        # any other status), so the check that bad requests get a 4xx does not apply.
+        options += ["-H", "Accept: text/event-stream"]
+        options += ["--exclude-checks", "negative_data_rejection"]
+    run_schemathesis(service, *options, config=config)
+    statuses = Counter(served.status for served in service.served("/v1/prices/stream"))
+    assert statuses[200] >= 10 and statuses[400] >= 1, statuses  # streams, and refusals
 
 
 @pytest.mark.parametrize(

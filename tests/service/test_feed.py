@@ -4,13 +4,16 @@ in order, whatever the threads do."""
 from __future__ import annotations
 
 import random
+import re
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.feed import HISTORY_MAX, PriceFeed
+from service.feed import HISTORY_MAX, TICK_PATTERN, PriceFeed, parse_tick
 from service.prices import PriceModel
 
 SYMBOLS = {"BTC": 100.0, "ETH": 50.0}
@@ -79,3 +82,19 @@ def test_threads_straddling_tick_boundaries_never_report_a_tick_going_back() -> 
         run, seen[:] = list(seen), []
         assert run == sorted(set(run)), f"new ticks reported out of order: {run}"
         assert run[-1] == int(max(moments))
+
+
+@given(st.text(max_size=20))
+def test_a_tick_named_by_a_client_is_read_exactly_when_the_documented_pattern_matches_it(
+    text: str,
+) -> None:
+    tick = parse_tick(text)
+    if re.fullmatch(TICK_PATTERN.strip("^$"), text, flags=re.ASCII):
+        assert tick == int(text)
+    else:
+        assert tick is None
+
+
+@pytest.mark.parametrize("text", ["", "-1", "+1", " 1", "1 ", "١٢", "1" * 16, "1e3", "0x1"])
+def test_what_is_not_a_tick_is_none(text: str) -> None:
+    assert parse_tick(text) is None
