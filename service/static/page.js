@@ -17,6 +17,7 @@
   const select = document.getElementById("transport");
   const counterIds = ["requests", "bytes", "not-modified", "reconnects"];
   let counters = {};
+  let delays = new DelayMedian();
   let session = null;
   let nextTickAt = null; // server time
   let offset = 0; // server clock minus local clock, seconds
@@ -27,15 +28,30 @@
 
   function now() { return Date.now() / 1000; }
 
+  // What stops a session's pending work (a timer, a listener, a stream) when another
+  // transport is chosen. Each leaves the set when its work is done (the returned
+  // function), so the set holds what is pending, not everything there was: a poll a tick
+  // for hours adds nothing. The page shows its size (data-pending) for the tests.
+  function pending(current, stop) {
+    const shown = () => {
+      if (current === session) body.dataset.pending = String(current.cancel.size);
+    };
+    current.cancel.add(stop);
+    shown();
+    return () => { current.cancel.delete(stop); shown(); };
+  }
+
   function sleep(seconds, current) {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, Math.max(0, seconds) * 1000);
-      current.cancel.push(() => { clearTimeout(timer); resolve(); });
+      let timer = null;
+      const done = pending(current, () => { clearTimeout(timer); resolve(); });
+      timer = setTimeout(() => { done(); resolve(); }, Math.max(0, seconds) * 1000);
     });
   }
 
   function resetCounters() {
-    counters = { requests: 0, bytes: 0, "not-modified": 0, reconnects: 0, delays: [] };
+    counters = { requests: 0, bytes: 0, "not-modified": 0, reconnects: 0 };
+    delays = new DelayMedian();
     for (const id of counterIds) document.getElementById(id).textContent = "0";
     document.getElementById("delay").textContent = "–";
   }
@@ -97,15 +113,16 @@
         change.textContent = `${sign} ${delta >= 0 ? "+" : ""}${delta.toFixed(2)} ` +
           `(${(delta / previous.price * 100).toFixed(2)} %)`;
         change.className = `change ${delta > 0 ? "up" : delta < 0 ? "down" : ""}`;
-        const delay = receivedAt + offset - quote.updated_at;
-        counters.delays.push(delay);
-        const sorted = [...counters.delays].sort((a, b) => a - b);
-        document.getElementById("delay").textContent =
-          `${(sorted[Math.floor(sorted.length / 2)] * 1000).toFixed(0)} ms (median)`;
+        delays.add(receivedAt + offset - quote.updated_at);
       }
       plot(quote.symbol, quote.tick, quote.price, quote.updated_at);
       last[quote.symbol] = quote;
       nextTickAt = quote.next_update_at;
+    }
+    const median = delays.median();
+    if (median !== null) {
+      document.getElementById("delay").textContent =
+        `${median === Infinity ? `over ${DelayMedian.LIMIT_MS}` : median} ms (median)`;
     }
   }
 
@@ -120,9 +137,14 @@
 
   function waitVisible(current) {
     return new Promise((resolve) => {
-      const visible = () => { document.removeEventListener("visibilitychange", visible); resolve(); };
+      let done = null;
+      const visible = () => {
+        document.removeEventListener("visibilitychange", visible);
+        done();
+        resolve();
+      };
       document.addEventListener("visibilitychange", visible);
-      current.cancel.push(visible);
+      done = pending(current, visible);
     });
   }
 
@@ -185,7 +207,7 @@
     count("requests");
     const resume = lastId ? `&last_event_id=${encodeURIComponent(lastId)}` : "";
     const source = new EventSource(`/v1/prices/stream?${query}${resume}`);
-    current.cancel.push(() => source.close());
+    const closed = pending(current, () => source.close());
     let refused = false; // the stream just ended was a refusal: its notice stays
     source.onmessage = (event) => {
       failures = 0;
@@ -212,8 +234,10 @@
         failures += 1;
         const wait = backoff(failures);
         showNotice(`The event stream failed; reconnecting in ${wait.toFixed(1)} s.`);
-        const timer = setTimeout(() => sseLoop(current, failures, lastId), wait * 1000);
-        current.cancel.push(() => clearTimeout(timer));
+        closed();
+        let timer = null;
+        const done = pending(current, () => clearTimeout(timer));
+        timer = setTimeout(() => { done(); sseLoop(current, failures, lastId); }, wait * 1000);
         return;
       }
       count("requests");
@@ -226,7 +250,7 @@
     count("requests");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/v1/prices/ws?${query}`);
-    current.cancel.push(() => socket.close());
+    const closed = pending(current, () => socket.close());
     let opened = false;
     socket.onopen = () => { opened = true; showNotice(""); };
     socket.onmessage = (event) => {
@@ -234,6 +258,7 @@
       show(JSON.parse(event.data), now());
     };
     socket.onclose = () => {
+      closed();
       if (!current.active) return;
       const next = opened ? 0 : failures + 1;
       const wait = backoff(next);
@@ -251,7 +276,7 @@
     }
     resetCounters();
     showNotice("");
-    const current = { active: true, cancel: [], abort: new AbortController() };
+    const current = { active: true, cancel: new Set(), abort: new AbortController() };
     session = current;
     const url = new URL(location.href);
     url.searchParams.set("transport", transport);

@@ -8,7 +8,9 @@ PAGE_SCREENSHOT=path writes the page as the browser drew it (the README's screen
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
@@ -282,3 +286,75 @@ def test_the_page_comes_back_after_a_restart_behind_nginx(
         start_service(PORT=str(port), PRICE_TICK_SECONDS=TICK, TRUSTED_PROXIES="1")
         wait_for_prices_after(browser, stalled, 40, "the page to come back through nginx")
         assert not_reloaded(browser)
+
+
+def reference_median_ms(delays: list[float]) -> str:
+    """The page's median as sorting every delay would give it: the upper middle one, in
+    whole ms rounded half up, none below 0, 'Infinity' over DelayMedian.LIMIT_MS."""
+    rounded = sorted(max(0, math.floor(d * 1000) + (d * 1000 % 1 >= 0.5)) for d in delays)
+    middle = rounded[len(rounded) // 2]
+    return "Infinity" if middle > DELAY_LIMIT_MS else str(middle)
+
+
+DELAY_LIMIT_MS = 10000
+
+
+def test_the_median_delay_is_exact_and_costs_the_same_per_quote_however_long_the_page_is_open(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    service = start_service(PRICE_TICK_SECONDS=TICK)
+    browser.get(f"{service.url}/")
+    assert browser.execute_script("return DelayMedian.LIMIT_MS") == DELAY_LIMIT_MS
+    median_of = "const m = new DelayMedian(); arguments[0].forEach(d => m.add(d));"
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.floats(-2, 12, allow_nan=False),
+                st.integers(-5, 10_005).map(lambda ms: ms / 1000),
+                st.integers(-5, 10_005).map(lambda ms: (ms + 0.5) / 1000),
+            ),
+            min_size=1,
+            max_size=40,
+        )
+    )
+    def median_is_exact(delays: list[float]) -> None:
+        shown = browser.execute_script(f"{median_of} return String(m.median());", delays)
+        assert shown == reference_median_ms(delays)
+
+    median_is_exact()
+    # Per quote (one delay added, the median read): as many quotes as a page sees in
+    # minutes, then in days (3 s ticks, four symbols), timed in the same browser.
+    per_quote = browser.execute_script(
+        "const cost = (quotes) => { const m = new DelayMedian(); const t = performance.now();"
+        " for (let i = 0; i < quotes; i++) { m.add(Math.random() * 2); m.median(); }"
+        " return (performance.now() - t) / quotes; };"
+        " cost(2000); return [cost(2000), cost(100000)];"
+    )
+    assert per_quote[1] < 3 * per_quote[0], per_quote
+
+
+def test_a_page_polling_for_long_keeps_nothing_per_poll_and_shows_the_served_median_delay(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    tick = 0.2
+    service = start_service(PRICE_TICK_SECONDS=str(tick))
+    browser.get(f"{service.url}/?transport=poll")
+    wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
+    pending = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        pending.append(int(browser.execute_script("return document.body.dataset.pending")))
+        time.sleep(0.1)
+    shown = browser.find_element(By.ID, "delay").text
+    service.stop()
+    polls = [served for served in service.served("/v1/prices") if served.status == 200]
+    assert len(polls) >= 25, len(polls)
+    assert max(pending) <= 2, pending  # a sleep or a fetch pending, never one per poll
+    # The server's side of each fresh poll: how far into its tick it was answered.
+    into_tick = sorted(round((p.started_at - p.tick(tick) * tick) * 1000) for p in polls[1:])
+    served_median = into_tick[len(into_tick) // 2]
+    match = re.fullmatch(r"(\d+) ms \(median\)", shown)
+    assert match, shown
+    assert abs(int(match.group(1)) - served_median) <= 25, (shown, into_tick)
