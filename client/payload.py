@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.request import parse_http_list
 
 MAX_BODY_BYTES = 1 << 20  # a price document is a few hundred bytes; refuse to hold more
 MAX_DEPTH = 32  # nesting a price document never needs; deeper bodies are refused
@@ -27,6 +28,8 @@ SYMBOL = re.compile(r"[A-Za-z0-9._:/-]{1,32}")
 DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit also accepts "²"
 ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e\x80-\xff]{0,250}"')
 ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110's token
+MEDIA_TYPE = re.compile(rf"[ \t]*({_TCHARS}/{_TCHARS})[ \t]*(?:;.*)?", re.DOTALL)
 
 
 class PollError(Exception):
@@ -123,12 +126,26 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
 
 
 def parse_max_age(cache_control: str | None) -> float | None:
-    """``max-age`` of a Cache-Control header in seconds (at most MAX_HINT_SECONDS), or None."""
-    for directive in (cache_control or "").split(","):
+    """``max-age`` of a Cache-Control header in seconds (at most MAX_HINT_SECONDS), or None.
+
+    Read as RFC 9111 writes it: the list split outside quoted strings (a comma or a
+    ``max-age`` inside another directive's quoted value is not one), the value a token
+    or a quoted string."""
+    for directive in parse_http_list(cache_control or ""):
         name, _, value = directive.strip().partition("=")
-        if name.lower() == "max-age" and DIGITS.fullmatch(value):
-            return min(float(value), MAX_HINT_SECONDS)
+        if name.lower() != "max-age":
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        return min(float(value), MAX_HINT_SECONDS) if DIGITS.fullmatch(value) else None
     return None
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type of a Content-Type header (RFC 9110's ``type/subtype``, before any
+    parameters), lower-cased as a browser compares it; None when there is none."""
+    found = MEDIA_TYPE.fullmatch(content_type or "")
+    return found.group(1).lower() if found else None
 
 
 def parse_etag(value: str | None) -> str | None:

@@ -34,7 +34,7 @@ from client.api import (
     status_error,
     timed_out,
 )
-from client.payload import MAX_BODY_BYTES, BadPayload, parse_quotes
+from client.payload import MAX_BODY_BYTES, BadPayload, media_type, parse_quotes
 from client.sse import Event, EventStream, TooLarge, split_lines
 
 # A stream that says nothing for this long (the server's heartbeat is 15 s) is dead.
@@ -141,7 +141,7 @@ class SseClient(_PushClient):
             with response:
                 content = read_bounded(response)
             raise status_error(response.status_code, content, response.headers.get("Retry-After"))
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        if media_type(response.headers.get("Content-Type")) != "text/event-stream":
             response.close()
             raise BadPayload("not an event stream")
         self.connections += 1

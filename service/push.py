@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import flask
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_accept_header, parse_options_header
 
 from service import errors
 from service.api import batch_prefix, requested_symbols
@@ -169,23 +170,13 @@ def _failed(exc: Exception) -> flask.Response:
 
 
 def asks_for_event_stream(accept: str | None) -> bool:
-    """Whether an Accept header names text/event-stream (as EventSource's does); ``*/*``
-    does not: such a client reads a status."""
-    if not accept:
-        return False
-    for item in accept.split(","):
-        media, *parameters = item.split(";")
-        if media.strip().lower() != "text/event-stream":
-            continue
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    return float(value) > 0
-                except ValueError:
-                    return False
-        return True
-    return False
+    """Whether an Accept header names text/event-stream (as EventSource's does) with a
+    quality above 0, as RFC 9110 writes it (werkzeug's parser: quoted commas, and an
+    invalid q drops its item); ``*/*`` does not: such a client reads a status."""
+    return any(
+        quality > 0 and parse_options_header(media)[0].lower() == "text/event-stream"
+        for media, quality in parse_accept_header(accept)
+    )
 
 
 def _as_event_stream_if_asked(response: flask.Response) -> flask.Response:

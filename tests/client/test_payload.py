@@ -17,6 +17,7 @@ from client.payload import (
     BadPayload,
     Quote,
     error_code,
+    media_type,
     parse_etag,
     parse_max_age,
     parse_quotes,
@@ -107,6 +108,52 @@ def test_digit_hints_accept_ascii_digits_only() -> None:
     assert parse_max_age("max-age=\u00b2") is None
     assert parse_max_age("public, MAX-AGE=2") == 2.0
     assert parse_retry_after("99999999999") == MAX_HINT_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "seconds"),
+    [
+        ("max-age=5", 5.0),
+        ('max-age="5"', 5.0),  # a quoted-string value, which RFC 9111 has recipients take
+        ('no-cache="a, max-age=60", max-age=5', 5.0),  # not the one inside the quotes
+        ('private="x,y", max-age=7', 7.0),
+        ('no-cache="a, max-age=60, b"', None),
+        ("max-age=5, max-age=9", 5.0),  # the first occurrence, as RFC 9111 says
+        ("max-age=", None),
+        ('max-age="5', None),
+        ("max-age=-1", None),
+        ("no-store", None),
+    ],
+)
+def test_max_age_is_read_as_rfc_9111_writes_it(cache_control: str, seconds: float | None) -> None:
+    assert parse_max_age(cache_control) == seconds
+
+
+@pytest.mark.parametrize(
+    ("content_type", "found"),
+    [
+        ("text/event-stream", "text/event-stream"),
+        ("Text/Event-Stream; charset=UTF-8", "text/event-stream"),
+        (" text/event-stream ;", "text/event-stream"),
+        ("text/event-streams", "text/event-streams"),
+        ("text/event-stream x", None),
+        ('"text/event-stream"', None),
+        ("text", None),
+        ("a/b/c", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_a_media_type_is_its_type_and_subtype_lower_cased(
+    content_type: str | None, found: str | None
+) -> None:
+    assert media_type(content_type) == found
+
+
+@given(st.text(max_size=80))
+def test_any_content_type_is_read_without_error(content_type: str) -> None:
+    found = media_type(content_type)
+    assert found is None or (found.count("/") == 1 and found == found.lower())
 
 
 def test_retry_after_in_seconds_or_http_date() -> None:

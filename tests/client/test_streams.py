@@ -79,6 +79,25 @@ def test_sse_documents_come_from_one_stream_until_it_ends() -> None:
         assert (client.requests_sent, server.connections) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "read"),
+    [
+        (b"Text/Event-Stream; charset=UTF-8", True),  # as EventSource reads it
+        (b"text/event-streams", False),
+        (b"text/event-stream-and-more", False),
+    ],
+)
+def test_an_event_stream_is_known_by_its_media_type(content_type: bytes, read: bool) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n\r\n" % content_type
+    event = b"id: 1\ndata: %s\n\n" % DOCUMENT
+    with RawServer(lambda _: head + event) as server, SseClient(server.url, ["BTC"]) as client:
+        if read:
+            assert client.fetch().quotes[0].price == 101.5
+        else:
+            with pytest.raises(BadPayload, match="not an event stream"):
+                client.fetch()
+
+
 frames = st.one_of(
     st.binary(max_size=64),  # anything at all
     st.builds(  # well-formed frames of any kind, any payload
