@@ -27,6 +27,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
 WORKER_CLASSES = ("gthread", "gevent")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+DEFAULT_DATABASE_URL = "sqlite:///data/prices.sqlite3"  # under the working directory
+DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
@@ -155,6 +158,36 @@ def _parse_storage_uri(raw: str, name: str) -> str:
     return raw
 
 
+def _parse_database_url(raw: str, name: str) -> str:
+    scheme = urlsplit(raw).scheme.lower()
+    if scheme not in DATABASE_SCHEMES or "://" not in raw:
+        raise ConfigError(
+            name,
+            "expected sqlite:///relative/path, sqlite:////absolute/path or "
+            f"postgresql://user:password@host/database, got scheme {scheme or 'none'!r}",
+        )
+    if scheme == "sqlite" and raw.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://"):
+        raise ConfigError(name, "a SQLite URL needs a file path: sqlite:///data/prices.sqlite3")
+    return raw
+
+
+def _duration_between(low: int, high: int) -> Callable[[str, str], int]:
+    """A duration such as 90m, 36h or 7d, in seconds."""
+
+    def parse(raw: str, name: str) -> int:
+        number, unit = raw[:-1], raw[-1:].lower()
+        if unit not in DURATION_UNITS or not (number.isascii() and number.isdigit()):
+            raise ConfigError(name, f"expected a duration such as 90m, 36h or 7d, got {raw!r}")
+        seconds = int(number[:9]) * DURATION_UNITS[unit] if len(number) <= 9 else high + 1
+        if not low <= seconds <= high:
+            raise ConfigError(
+                name, f"must be between {low // 3600}h and {high // 86400}d, got {raw!r}"
+            )
+        return seconds
+
+    return parse
+
+
 def _parse_origins(raw: str, name: str) -> tuple[str, ...]:
     origins: list[str] = []
     for item in raw.split(","):
@@ -258,6 +291,15 @@ class Settings:
     allowed_origins: tuple[str, ...] = setting((), _parse_origins)
     # permessage-deflate for WebSockets that offer it (compressed once per tick; NOTES).
     websocket_deflate: bool = setting(True, _parse_bool)
+    # Where the price history is kept (service/database.py); may hold a password.
+    database_url: str = setting(
+        DEFAULT_DATABASE_URL, _parse_database_url, show=lambda url: _mask_uri(url)
+    )
+    # Raw ticks are kept this long (candles longer): the longest statistics window, 7 d,
+    # is computed from them.
+    history_retention_seconds: int = setting(
+        7 * 86400, _duration_between(3600, 3650 * 86400), variable="HISTORY_RETENTION"
+    )
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 

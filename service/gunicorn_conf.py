@@ -17,7 +17,9 @@ from typing import Any
 
 from service.capacity import raise_open_file_limit
 from service.config import METRICS_DIR_VARIABLE, ConfigError, Settings
+from service.database import prepare_history_database
 from service.logs import configure_logging, get_logger, logging_config_dict
+from service.recorder_process import RecorderProcess
 from service.state import get_state
 
 
@@ -80,6 +82,22 @@ def on_starting(server: Any) -> None:
     problem = raise_open_file_limit(settings.worker_connections)
     if problem is not None:
         log.warning(problem)
+    prepare_history_database(settings.database_url, log)
+
+
+def when_ready(server: Any) -> None:
+    """The master is listening: start the history recorder beside the workers."""
+    recorder.start()
+
+
+def _archive_recorder(pid: int) -> None:
+    from service.metrics_archive import archive_dead_worker
+
+    assert settings.metrics_dir is not None
+    archive_dead_worker(settings.metrics_dir, pid)
+
+
+recorder = RecorderProcess(get_logger("service.recorder"), on_exit=_archive_recorder)
 
 
 def post_worker_init(worker: Any) -> None:
@@ -108,4 +126,5 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    recorder.stop()
     sys.stdout.flush()

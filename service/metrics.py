@@ -234,6 +234,42 @@ class Metrics:
         return generate_latest(self._exposition), CONTENT_TYPE_LATEST
 
 
+class HistoryMetrics:
+    """The recorder's metrics (service/recorder.py: a process of its own, whose samples
+    the workers' /metrics reads from the multiprocess directory like their own)."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        own = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
+        self.registry = own  # without a multiprocess directory: where the samples are
+        self.written = Counter(
+            "crypto_history_ticks_written",
+            "Ticks (one symbol's quote each) the recorder wrote to the history database, "
+            "those another replica had written already included.",
+            registry=own,
+        )
+        self.write_errors = Counter(
+            "crypto_history_write_errors",
+            "History writes that failed (database down, slow or full); retried.",
+            registry=own,
+        )
+        self.recorded_through = Gauge(
+            "crypto_history_recorded_through_timestamp_seconds",
+            "Unix time up to which every tick is in the history database (the end of the "
+            "newest tick written in order): its lag is time() minus this.",
+            registry=own,
+            multiprocess_mode="max",
+        )
+
+    def count_written(self, ticks: int) -> None:
+        self.written.inc(ticks)
+
+    def count_write_error(self) -> None:
+        self.write_errors.inc()
+
+    def set_recorded_through(self, unix_seconds: float) -> None:
+        self.recorded_through.set(unix_seconds)
+
+
 def _multiprocess_registry(directory: str | None) -> CollectorRegistry:
     registry = CollectorRegistry()
     ArchiveAwareCollector(registry, directory or "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask
@@ -11,6 +11,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
+from tests.databases import PostgresServer, postgres_server
 
 AppFactory = Callable[..., flask.Flask]
 TESTS = Path(__file__).parent
@@ -51,3 +52,18 @@ def client(make_app: AppFactory) -> flask.testing.FlaskClient:
 def pinned(make_app: AppFactory) -> flask.testing.FlaskClient:
     """A client of an app whose clock is pinned at PINNED_NOW: no tick turns mid-test."""
     return make_app(clock=lambda: PINNED_NOW).test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL in a temporary directory, for the session."""
+    yield from postgres_server(tmp_path_factory)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty history database of each kind: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/history.sqlite3"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

@@ -47,6 +47,13 @@ def test_no_configuration_at_all_gives_working_defaults() -> None:
         ("MAX_HELD_CONNECTIONS", "lots", "expected an integer"),
         ("ALLOWED_ORIGINS", "example.com", "expected origins"),
         ("ALLOWED_ORIGINS", "https://a.example/page", "expected origins"),
+        ("DATABASE_URL", "mysql://db/prices", "expected sqlite:///"),
+        ("DATABASE_URL", "/var/lib/prices.sqlite3", "got scheme 'none'"),
+        ("DATABASE_URL", "sqlite://", "needs a file path"),
+        ("HISTORY_RETENTION", "7", "expected a duration"),
+        ("HISTORY_RETENTION", "7w", "expected a duration"),
+        ("HISTORY_RETENTION", "59m", "between 1h and 3650d"),
+        ("HISTORY_RETENTION", "9" * 40 + "d", "between 1h and 3650d"),
     ],
 )
 def test_bad_value_names_the_variable(variable: str, value: str, fragment: str) -> None:
@@ -83,6 +90,7 @@ def test_api_keys_carry_their_own_limits_and_never_show_in_the_description() -> 
             "API_KEYS": f"{secret}=600/minute, {'z' * 16}",
             "RATE_LIMIT": "7/minute",
             "RATE_LIMIT_STORAGE_URI": "redis://:hunter2@redis:6379/0",
+            "DATABASE_URL": "postgresql://prices:hunter2@db/prices",
         }
     )
     assert [settings.limit_of(k) for k in settings.api_keys] == ["600/minute", "7/minute"]

@@ -1,0 +1,68 @@
+"""The history database: its migrations make exactly the tables the code declares, on
+both databases; a schema behind the code is named with the command that fixes it."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from service.database import (
+    SchemaBehind,
+    check_schema,
+    create_engine,
+    current_revision,
+    head_revision,
+    sqlalchemy_url,
+    upgrade,
+)
+from service.history_schema import metadata
+
+
+def test_the_migrations_make_the_declared_tables(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        assert upgrade(engine) == (None, head_revision())
+        assert upgrade(engine) == (head_revision(), head_revision())  # again: nothing to do
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), metadata)
+        assert differences == []
+        check_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_behind_names_the_variable_and_the_command(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        assert current_revision(engine) is None
+        with pytest.raises(SchemaBehind) as raised:
+            check_schema(engine)
+        message = str(raised.value)
+        assert message.startswith("DATABASE_URL:") and "crypto-service db upgrade" in message
+        assert "\n" not in message
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/sub/dir/history.sqlite3")
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://u:p@h/db", "postgresql+psycopg"),
+        ("postgres://u:p@h/db", "postgresql+psycopg"),
+        ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg"),
+        ("sqlite:///data/prices.sqlite3", "sqlite"),
+    ],
+)
+def test_postgresql_is_reached_through_psycopg_3(url: str, driver: str) -> None:
+    assert sqlalchemy_url(url).drivername == driver
