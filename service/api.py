@@ -1,4 +1,4 @@
-"""The price endpoints: current price, batch of prices, history.
+"""The price endpoints: current price and batch of prices (history: history_api.py).
 
 Polling etiquette: each answer carries a strong ETag per (symbols, tick) and
 ``Cache-Control: max-age`` of the whole seconds left in the tick; a matching
@@ -29,7 +29,6 @@ from service.state import ServiceState, get_state
 bp = flask.Blueprint("prices", __name__)
 LONG_POLL_MAX_SECONDS = 60  # Prefer: wait=N beyond this waits this long
 MAX_BATCH_SYMBOLS = 50  # a batch asks for each symbol at most once; this bounds the parsing
-DEFAULT_HISTORY_LIMIT = 10
 # What a symbol parameter may be: matched case-insensitively against SYMBOL_PATTERN.
 SYMBOL_PARAMETER = f"[A-Za-z0-9]{{1,{SYMBOL_MAX_LENGTH}}}"
 
@@ -37,7 +36,7 @@ SYMBOL_PARAMETER = f"[A-Za-z0-9]{{1,{SYMBOL_MAX_LENGTH}}}"
 @bp.get("/crypto-price")
 def crypto_price() -> flask.Response:
     state = get_state()
-    symbol = _known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
+    symbol = known_symbol(state, flask.request.args.get("symbol", state.settings.default_symbol))
     seed = state.settings.price_seed
 
     def current(now: float, tick: int | None = None) -> Polled:
@@ -177,30 +176,6 @@ def _hold_until_the_tick_turns(
         place.release()
 
 
-@bp.get("/v1/prices/<symbol>/history")
-def history(symbol: str) -> flask.Response:
-    state = get_state()
-    symbol = _known_symbol(state, symbol)
-    limit = _history_limit(flask.request.args.get("limit"))
-    now = state.feed.now()
-    quotes = state.feed.history(symbol, now, limit)
-    return _respond_and_count_polls(
-        state,
-        tag=_etag(state.settings.price_seed, f"{symbol}/history/{limit}", quotes[-1].tick),
-        quotes=(quotes[-1],),
-        now=now,
-        body_prefix=lambda: _json_prefix(
-            {
-                "symbol": symbol,
-                "prices": [
-                    {"price": q.price, "tick": q.tick, "updated_at": q.updated_at} for q in quotes
-                ],
-            }
-        ),
-        client_tags=_client_tags(flask.request.environ),
-    )
-
-
 def _client_tags(environ: dict[str, Any]) -> ETags | None:
     """The request's If-None-Match, parsed only when it is there."""
     asked = environ.get("HTTP_IF_NONE_MATCH")
@@ -270,7 +245,7 @@ def _etag(seed: str, subject: str, tick: int) -> str:
     return f"{tick}-{digest}"
 
 
-def _known_symbol(state: ServiceState, raw: str) -> str:
+def known_symbol(state: ServiceState, raw: str) -> str:
     symbol = raw.strip().upper()
     if not SYMBOL_PATTERN.match(symbol):
         raise ApiError(
@@ -298,16 +273,4 @@ def _symbol_list(state: ServiceState, raw: str) -> list[str]:
             f"At most {MAX_BATCH_SYMBOLS} symbols may be asked for at once.",
         )
     # dict.fromkeys: drop repeats, keep the caller's order.
-    return list(dict.fromkeys(_known_symbol(state, item) for item in items))
-
-
-def _history_limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_HISTORY_LIMIT
-    if not (len(raw) <= 6 and raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= HISTORY_MAX:
-        raise ApiError(
-            400,
-            "invalid_limit",
-            f"limit must be a whole number from 1 to {HISTORY_MAX}.",
-        )
-    return int(raw)
+    return list(dict.fromkeys(known_symbol(state, item) for item in items))

@@ -9,11 +9,13 @@ from collections.abc import Callable
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, errors, faults, ops, page, push
+from service import api, errors, faults, history_api, ops, page, push
 from service.capacity import HeldConnections
 from service.config import Settings
+from service.database import create_engine
 from service.fanout import Hub
 from service.feed import PriceFeed
+from service.history_store import HistoryStore
 from service.instrumentation import Instrumentation, RoutedFlask
 from service.limiting import CLIENT_CLASSES, RateLimiting
 from service.logs import access_logger, configure_logging
@@ -64,21 +66,29 @@ def create_app(
         clock=clock,
         on_fanout=metrics.observe_fanout,
     )
-    app.extensions[EXTENSION] = ServiceState(settings, feed, metrics, limiting, streams, held, hub)
+    # Connects on the first history request, in the worker that makes it.
+    history = HistoryStore(create_engine(settings.database_url))
+    app.extensions[EXTENSION] = ServiceState(
+        settings, feed, metrics, limiting, streams, held, hub, history
+    )
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(history_api.bp)
     app.register_blueprint(ops.bp)
     push.init_app(app)
     app.register_blueprint(page.bp)
-    limiting.init_app(app, api.bp.name)
-    limiting.init_app(app, push.bp.name)
+    for limited in (api.bp, history_api.bp, push.bp):
+        limiting.init_app(app, limited.name)
     faults.init_app(app, api.bp.name, settings)
+    faults.init_app(app, history_api.bp.name, settings)
     metrics.start_rate_limit_series(
         (
             rule.rule
             for rule in app.url_map.iter_rules()
-            if rule.endpoint.startswith((api.bp.name + ".", push.bp.name + "."))
+            if rule.endpoint.startswith(
+                (api.bp.name + ".", history_api.bp.name + ".", push.bp.name + ".")
+            )
         ),
         CLIENT_CLASSES,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 from service.config import ConfigError, Settings
 from service.version import __version__
@@ -23,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="validate the environment, print the effective configuration and exit",
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    database = commands.add_parser("db", help="the history database (DATABASE_URL)")
+    database.add_argument(
+        "action", choices=["upgrade", "check"], help="upgrade: migrate to this code's schema"
+    )
+    fill = commands.add_parser("backfill", help="fill the history from the price model")
+    fill.add_argument("--days", type=_days, required=True, help="how far back from now (0-3650)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -33,12 +43,80 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in settings.describe().items():
             print(f"{name}={value}")
         return 0
+    if args.command == "db":
+        return _database(settings, args.action)
+    if args.command == "backfill":
+        return _backfill(settings, args.days)
 
     from gunicorn.app.wsgiapp import WSGIApplication
 
     sys.argv = ["crypto-service", "--config", "python:service.gunicorn_conf"]
     WSGIApplication("%(prog)s").run()
     return 0
+
+
+def _days(raw: str) -> float:
+    try:
+        days = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {raw!r}") from None
+    if not 0 < days <= 3650:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3650, got {raw}")
+    return days
+
+
+def _on_database(settings: Settings, work: Callable[[Any], None]) -> int:
+    """``work(engine)`` on DATABASE_URL's database; its exit status, a problem said in one
+    line (the command to run for a schema behind)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service import database
+
+    engine = database.create_engine(settings.database_url)
+    try:
+        work(engine)
+    except database.SchemaBehind as problem:
+        print(f"crypto-service: {problem}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as error:
+        reason = str(error).splitlines()[0]
+        print(f"crypto-service: DATABASE_URL: cannot use the database: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _database(settings: Settings, action: str) -> int:
+    from service import database
+
+    def act(engine: Any) -> None:
+        if action == "upgrade":
+            before, after = database.upgrade(engine)
+            print(f"history schema: {before or 'none'} -> {after}")
+        else:
+            database.check_schema(engine)
+            print(f"history schema: {database.head_revision()}, as this code needs")
+
+    return _on_database(settings, act)
+
+
+def _backfill(settings: Settings, days: float) -> int:
+    from service import database
+    from service.backfill import backfill
+    from service.history_store import HistoryStore
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 20_000 < 500:
+            print(f"backfill: {done:,} of {total:,} ticks", flush=True)
+
+    def fill(engine: Any) -> None:
+        database.check_schema(engine)
+        started = time.monotonic()
+        stored = backfill(settings, HistoryStore(engine), days, progress)
+        print(f"backfill: {stored:,} quotes stored in {time.monotonic() - started:.1f} s")
+
+    return _on_database(settings, fill)
 
 
 if __name__ == "__main__":

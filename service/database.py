@@ -34,15 +34,12 @@ def sqlalchemy_url(url: str) -> sa.URL:
 
 
 def create_engine(url: str, sqlite_busy_ms: int = SQLITE_BUSY_MS, **options: Any) -> sa.Engine:
-    """An engine for DATABASE_URL: SQLite in WAL mode (readers never wait for the writer)
-    with its directory created; PostgreSQL with a connect timeout."""
+    """An engine for DATABASE_URL (it connects when first used): SQLite in WAL mode
+    (readers never wait for the writer), PostgreSQL with a connect timeout."""
     parsed = sqlalchemy_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(
-            parsed, connect_args={"timeout": sqlite_busy_ms / 1000}, **options
-        )
+        busy = {"timeout": sqlite_busy_ms / 1000}
+        engine = sa.create_engine(parsed, connect_args=busy, **options)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -79,7 +76,11 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 def upgrade(engine: sa.Engine) -> tuple[str | None, str | None]:
-    """Bring the schema to the code's; (revision before, revision after)."""
+    """Bring the schema to the code's; (revision before, revision after). A SQLite
+    file's directory is made here (only here: a reader must not make one)."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     with engine.begin() as connection:
         before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(_alembic_config(connection), "head")

@@ -74,7 +74,16 @@ class HistoryStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._insert = postgresql.insert if self._postgres else sqlite.insert
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        # Built once, executed with parameters: SQLAlchemy compiles each once.
+        self._insert_ticks = (
+            insert(ticks).on_conflict_do_nothing().returning(ticks.c.symbol, ticks.c.start_ms)
+        )
+        upsert = insert(candles)
+        self._upsert_candles = upsert.on_conflict_do_update(
+            index_elements=[candles.c.symbol, candles.c.width_s, candles.c.start_ms],
+            set_={name: upsert.excluded[name] for name in Candle.__slots__[1:]},
+        )
 
     def record(self, rows: Sequence[Tick]) -> int:
         """Write these ticks and roll them up; the number that were not there yet."""
@@ -83,13 +92,8 @@ class HistoryStore:
             if self._postgres:
                 connection.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITER_LOCK)))
             for chunk in _chunks(rows):
-                statement = (
-                    self._insert(ticks)
-                    .values([_row(row) for row in chunk])
-                    .on_conflict_do_nothing()
-                    .returning(ticks.c.symbol, ticks.c.start_ms)
-                )
-                inserted.extend((symbol, start) for symbol, start in connection.execute(statement))
+                written = connection.execute(self._insert_ticks, [_row(row) for row in chunk])
+                inserted.extend((symbol, start) for symbol, start in written)
             self._roll_up(connection, inserted)
         return len(inserted)
 
@@ -101,10 +105,14 @@ class HistoryStore:
         for width in CANDLE_WIDTHS:
             width_ms = width * 1000
             touched = {(symbol, start - start % width_ms) for symbol, start in touched}
+            rolled = []
             for symbol, start in sorted(touched):
                 parts = self._parts(connection, symbol, narrower, start, start + width_ms)
                 if parts:
-                    self._put_candle(connection, symbol, width, candle_of(parts, start))
+                    candle = candle_of(parts, start)
+                    rolled.append({"symbol": symbol, "width_s": width, **_fields(candle)})
+            if rolled:
+                connection.execute(self._upsert_candles, rolled)
             narrower = width
 
     def _parts(
@@ -135,18 +143,6 @@ class HistoryStore:
         )
         for row in rows:
             yield Candle(*row)
-
-    def _put_candle(
-        self, connection: sa.Connection, symbol: str, width: int, candle: Candle
-    ) -> None:
-        values = {"symbol": symbol, "width_s": width, **_fields(candle)}
-        statement = self._insert(candles).values(values)
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=[candles.c.symbol, candles.c.width_s, candles.c.start_ms],
-                set_={name: statement.excluded[name] for name in Candle.__slots__[1:]},
-            )
-        )
 
     def latest(self) -> dict[str, Tick]:
         """Each symbol's newest tick stored."""

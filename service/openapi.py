@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import DEFAULT_HISTORY_LIMIT, MAX_BATCH_SYMBOLS, SYMBOL_PARAMETER
+from service.api import MAX_BATCH_SYMBOLS, SYMBOL_PARAMETER
 from service.config import Settings
 from service.feed import HISTORY_MAX, TICK_PATTERN
+from service.history_api import (
+    CANDLE_INTERVALS,
+    DEFAULT_CANDLES,
+    DEFAULT_HISTORY_LIMIT,
+    MAX_CANDLES,
+    TIME_SCHEMA,
+    UNAVAILABLE_RETRY_SECONDS,
+)
 from service.version import __version__
 
 JSON = "application/json"
@@ -65,6 +73,30 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
 def _json_text(schema: str) -> dict[str, Any]:
     """A string field (an event's data) that holds a JSON document of ``schema``."""
     return {"type": "string", "contentMediaType": JSON, "contentSchema": _ref(schema)}
+
+
+def _stored(description: str, schema: str) -> dict[str, Any]:
+    """The responses of a history endpoint: a poll's, CSV too, and a 503 of its own."""
+    responses = _polled(description, schema)
+    responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    responses["503"] = {
+        **_error(
+            "The history database is not answering (history_unavailable, Retry-After: "
+            f"{UNAVAILABLE_RETRY_SECONDS}), or the rate limit storage is down."
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    }
+    return responses
+
+
+def _time(name: str, meaning: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{meaning}: unix seconds or an RFC 3339 time with its offset.",
+        "schema": {**TIME_SCHEMA, "examples": ["1796000000", "2026-12-01T12:00:00Z"]},
+    }
 
 
 def _refusals(websocket: bool = False) -> dict[str, Any]:
@@ -229,8 +261,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 keyed=True,
             ),
             "/v1/prices/{symbol}/history": _get(
-                "The last N ticks of one symbol, oldest first.",
-                _polled("The history.", "History"),
+                "Ticks of one symbol as they were served, oldest first: the newest `limit`, "
+                "or those of a range (from, to), paged by `next` (pass it as `cursor`). A "
+                "range's answer has no timestamp: the same range, the same bytes.",
+                _stored("The history.", "History"),
                 [
                     {"name": "symbol", "in": "path", "required": True, "schema": symbol_schema},
                     {
@@ -244,6 +278,38 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "default": DEFAULT_HISTORY_LIMIT,
                         },
                     },
+                    _time("from", "The first tick's start at or after this"),
+                    _time("to", "Ticks that started before this"),
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next` of the previous page.",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                    },
+                ],
+                conditional=True,
+                keyed=True,
+            ),
+            "/v1/prices/{symbol}/candles": _get(
+                "Candles of one symbol (open, high, low, close of the ticks that started in "
+                f"each): the last {DEFAULT_CANDLES} by default, at most {MAX_CANDLES} "
+                "an answer.",
+                _stored("The candles.", "Candles"),
+                [
+                    {"name": "symbol", "in": "path", "required": True, "schema": symbol_schema},
+                    {
+                        "name": "interval",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": list(CANDLE_INTERVALS),
+                            "default": "1m",
+                        },
+                    },
+                    _time("from", "The first candle holds this"),
+                    _time("to", "Candles that started before this"),
                 ],
                 conditional=True,
                 keyed=True,
@@ -334,7 +400,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
                 "History": {
                     "type": "object",
-                    "required": ["symbol", "prices", "timestamp"],
+                    "required": ["symbol", "prices"],
                     "properties": {
                         "symbol": {"type": "string", "enum": symbols},
                         "prices": {
@@ -349,7 +415,34 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 },
                             },
                         },
-                        "timestamp": {"type": "number"},
+                        "timestamp": {
+                            "type": "number",
+                            "description": "The time of the response: the newest-ticks form only.",
+                        },
+                        "next": {"type": "string", "description": "The next page's cursor."},
+                    },
+                },
+                "Candles": {
+                    "type": "object",
+                    "required": ["symbol", "interval", "candles"],
+                    "properties": {
+                        "symbol": {"type": "string", "enum": symbols},
+                        "interval": {"type": "string", "enum": list(CANDLE_INTERVALS)},
+                        "candles": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["start", "open", "high", "low", "close", "ticks"],
+                                "properties": {
+                                    "start": {"type": "number"},
+                                    **{
+                                        name: {"type": "number"}
+                                        for name in ("open", "high", "low", "close")
+                                    },
+                                    "ticks": {"type": "integer", "minimum": 1},
+                                },
+                            },
+                        },
                     },
                 },
                 # One event of /v1/prices/stream, as an EventSource parses it (OpenAPI 3.2's

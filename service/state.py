@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-c
     from service.config import Settings
     from service.fanout import Hub
     from service.feed import PriceFeed
+    from service.history_store import HistoryStore
     from service.limiting import RateLimiting
     from service.metrics import Metrics
     from service.stream_slots import StreamSlots
@@ -30,6 +31,7 @@ class ServiceState:
     streams: StreamSlots
     held: HeldConnections  # this worker's streams and long-polls, capped
     hub: Hub  # the fan-out of ticks to this worker's push connections
+    history: HistoryStore  # what was served (DATABASE_URL), for the history endpoints
     # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
     # the requests in flight finish.
     draining: threading.Event = field(default_factory=threading.Event)

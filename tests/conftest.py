@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,10 @@ import flask
 import pytest
 
 from service.app import create_app
+from service.backfill import backfill
 from service.config import Settings
+from service.database import create_engine, upgrade
+from service.history_store import HistoryStore
 from tests.databases import PostgresServer, postgres_server
 
 AppFactory = Callable[..., flask.Flask]
@@ -32,13 +36,29 @@ def _single_process_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
 
+@pytest.fixture(scope="session")
+def recorded_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A history database holding the hour before PINNED_NOW, as the default settings
+    served it (written once a session, copied for each app)."""
+    path = tmp_path_factory.mktemp("history") / "recorded.sqlite3"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    backfill(Settings(), HistoryStore(engine), 1 / 24, clock=lambda: PINNED_NOW)
+    engine.dispose()
+    return path
+
+
 @pytest.fixture
-def make_app() -> AppFactory:
-    """``make_app(RATE_LIMIT="5/minute", ...)``: an app configured like the environment says;
-    ``clock=`` pins the time it tells."""
+def make_app(tmp_path: Path, recorded_history: Path) -> AppFactory:
+    """``make_app(RATE_LIMIT="5/minute", ...)``: an app configured like the environment says
+    (its history database a copy of ``recorded_history`` unless DATABASE_URL says
+    otherwise); ``clock=`` pins the time it tells."""
+    shutil.copy(recorded_history, tmp_path / "history.sqlite3")
+    history = f"sqlite:///{tmp_path}/history.sqlite3"
 
     def factory(clock: Callable[[], float] = time.time, **env: str) -> flask.Flask:
-        return create_app(Settings.from_env({"LOG_LEVEL": "warning", **env}), clock=clock)
+        env = {"LOG_LEVEL": "warning", "DATABASE_URL": history, **env}
+        return create_app(Settings.from_env(env), clock=clock)
 
     return factory
 

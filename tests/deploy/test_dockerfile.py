@@ -69,6 +69,7 @@ def test_entrypoint_and_healthcheck_run_here(tmp_path: Path) -> None:
             tmp_path / image_env["PROMETHEUS_MULTIPROC_DIR"].lstrip("/")
         ),
         "PORT": str(port),
+        "DATABASE_URL": image_env["DATABASE_URL"].replace("sqlite:///", f"sqlite:///{tmp_path}", 1),
     }
     executable = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
     process = subprocess.Popen(
@@ -86,6 +87,8 @@ def test_entrypoint_and_healthcheck_run_here(tmp_path: Path) -> None:
                 return False
 
         wait_until(ready, 20, "the image's entrypoint to serve")
+        history = tmp_path / "data" / "prices.sqlite3"  # the image's /data volume
+        wait_until(history.exists, 10, "the price history on the image's volume")
         healthcheck = json.loads(
             next(
                 i["value"] for i in dockerfile.structure if i["instruction"] == "HEALTHCHECK"

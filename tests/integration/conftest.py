@@ -150,6 +150,18 @@ def server_side(served: list[Served], tick_seconds: float) -> dict[str, int]:
     return counts
 
 
+def recorded_database(directory: Path, days: float, **env: str) -> str:
+    """A history database (DATABASE_URL) in ``directory`` holding the last ``days`` of
+    ticks as a service with ``env`` serves them, written by the commands an operator runs
+    (``crypto-service db upgrade``, then ``backfill``)."""
+    url = f"sqlite:///{directory}/history.sqlite3"
+    command = str(Path(sys.executable).parent / "crypto-service")
+    full_env = {"PATH": os.environ.get("PATH", ""), **env, "DATABASE_URL": url}
+    for args in (["db", "upgrade"], ["backfill", "--days", str(days)]):
+        subprocess.run([command, *args], env=full_env, check=True, capture_output=True, timeout=300)
+    return url
+
+
 class Service:
     """``crypto-service`` running under gunicorn, as a user would start it."""
 
@@ -184,15 +196,33 @@ class Service:
                 return False
 
         wait_until(ready, timeout, f"{self.workers} worker(s) of the service to be serving")
+        # And the history recorder beside them, once it has said something (recording,
+        # or why not): its metrics exist from then on.
+        wait_until(
+            lambda: "service.recorder" in self.logs(), timeout, "the history recorder to start"
+        )
 
     def worker_pids(self) -> set[int]:
-        """The master's live children."""
+        """The master's live children but the history recorder: its workers."""
+        return {pid for pid in self.children() if not self.is_recorder(pid)}
+
+    def recorder_pid(self) -> int | None:
+        return next((pid for pid in self.children() if self.is_recorder(pid)), None)
+
+    def children(self) -> set[int]:
         master = self.process.pid
         try:
             text = Path(f"/proc/{master}/task/{master}/children").read_text()
         except FileNotFoundError:
             return set()
         return {int(pid) for pid in text.split()}
+
+    @staticmethod
+    def is_recorder(pid: int) -> bool:
+        try:
+            return b"service.recorder" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return False
 
     @contextmanager
     def paused(self, workers: set[int]) -> Iterator[None]:

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     ServiceFactory,
     free_port,
     nginx_in_front_of,
+    recorded_database,
     require_binary,
     wait_until,
 )
@@ -92,14 +93,15 @@ def errors_in_console(driver: webdriver.Chrome) -> list[dict[str, Any]]:
 
 
 def test_the_page_shows_live_prices_with_a_clean_console_and_nothing_foreign(
-    start_service: ServiceFactory, browser: webdriver.Chrome
+    start_service: ServiceFactory, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    service = start_service(PRICE_TICK_SECONDS=TICK)
+    history = recorded_database(tmp_path, 0.001, PRICE_TICK_SECONDS=TICK)  # 86 ticks
+    service = start_service(PRICE_TICK_SECONDS=TICK, DATABASE_URL=history)
     browser.get(f"{service.url}/")
     wait_until(lambda: all(t for t in state(browser)["ticks"]), 10, "prices on the page")
     first = state(browser)
     assert all(price.startswith("$") for price in first["prices"])
-    assert all(points >= 2 for points in first["points"])  # the history, charted
+    assert all(points >= 60 for points in first["points"])  # the stored history, charted
     wait_until(
         lambda: all(
             int(now) > int(then)

@@ -132,16 +132,6 @@ def test_batch_and_single_agree_within_a_tick(make_app: AppFactory) -> None:
     assert (batch["price"], batch["tick"]) == (single["price"], single["tick"])
 
 
-def test_history_returns_the_last_ticks_oldest_first(pinned: flask.testing.FlaskClient) -> None:
-    body = pinned.get("/v1/prices/eth/history?limit=25").get_json()
-    ticks = [p["tick"] for p in body["prices"]]
-    assert body["symbol"] == "ETH"
-    assert ticks == list(range(566_666_666 - 24, 566_666_666 + 1))
-    assert len(pinned.get("/v1/prices/ETH/history").get_json()["prices"]) == 10
-    current = pinned.get("/crypto-price?symbol=ETH").get_json()
-    assert body["prices"][-1]["price"] == current["price"]
-
-
 def test_a_long_poll_is_answered_when_the_tick_turns(make_app: AppFactory) -> None:
     client = make_app(PRICE_TICK_SECONDS="0.5").test_client()
     first = client.get("/v1/prices?symbols=BTC,ETH")

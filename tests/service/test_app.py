@@ -3,9 +3,12 @@ built from what the client sent (werkzeug's merge_slashes made a 308 to the Host
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import flask
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder, run_wsgi_app
@@ -29,12 +32,17 @@ def answer(app: flask.Flask, path: str) -> tuple[int, Any, bytes]:
             body.close()
 
 
-APP = create_app(Settings.from_env({"LOG_LEVEL": "critical", "RATE_LIMIT": "1000000/minute"}))
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, recorded_history: Path) -> flask.Flask:
+    history = tmp_path_factory.mktemp("app") / "history.sqlite3"
+    shutil.copy(recorded_history, history)
+    env = {"LOG_LEVEL": "critical", "RATE_LIMIT": "1000000/minute"}
+    return create_app(Settings.from_env({**env, "DATABASE_URL": f"sqlite:///{history}"}))
 
 
-def test_a_doubled_slash_is_a_json_404_with_no_redirect() -> None:
+def test_a_doubled_slash_is_a_json_404_with_no_redirect(app: flask.Flask) -> None:
     for path in ("/v1//prices", "/v1/prices//BTC/history", "/v1/prices/", "/crypto-price/"):
-        status, headers, body = answer(APP, path)
+        status, headers, body = answer(app, path)
         assert status == 404, path
         assert headers["Content-Type"] == "application/json", path
         assert "Location" not in headers and flask.json.loads(body)["error"] == "not_found"
@@ -65,8 +73,10 @@ SEGMENTS = st.sampled_from(
     path=our_paths_with_slashes_doubled()
     | st.lists(SEGMENTS, min_size=1, max_size=6).map(lambda segments: "/" + "/".join(segments))
 )
-def test_no_path_is_answered_with_a_redirect_or_the_clients_host(path: str) -> None:
-    status, headers, body = answer(APP, path)
+def test_no_path_is_answered_with_a_redirect_or_the_clients_host(
+    app: flask.Flask, path: str
+) -> None:
+    status, headers, body = answer(app, path)
     assert not 300 <= status < 400 and "Location" not in headers, (path, status)
     assert HOSTILE_HOST.encode() not in body, path
     assert status < 500, (path, status)

@@ -49,6 +49,7 @@ def test_a_schema_behind_names_the_variable_and_the_command(database_url: str) -
 def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
     engine = create_engine(f"sqlite:///{tmp_path}/sub/dir/history.sqlite3")
     try:
+        upgrade(engine)  # which makes the directory
         with engine.connect() as connection:
             assert connection.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
     finally:

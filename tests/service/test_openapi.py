@@ -8,7 +8,7 @@ import re
 import flask
 from openapi_spec_validator import validate
 
-from service import api
+from service import api, history_api
 from service.feed import HISTORY_MAX
 from tests.conftest import AppFactory
 
@@ -42,7 +42,7 @@ def test_the_documented_bounds_are_the_enforced_ones(client: flask.testing.Flask
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (
         1,
         HISTORY_MAX,
-        api.DEFAULT_HISTORY_LIMIT,
+        history_api.DEFAULT_HISTORY_LIMIT,
     )
     symbols = re.compile(str(parameter(client, "/v1/prices", "symbols")["pattern"]))
     most = ",".join(["BTC"] * api.MAX_BATCH_SYMBOLS)
@@ -60,4 +60,4 @@ def test_what_the_document_allows_the_routes_accept_and_no_more(
     assert client.get(f"/v1/prices/BTC/history?limit={HISTORY_MAX}").status_code == 200
     assert client.get(f"/v1/prices/BTC/history?limit={HISTORY_MAX + 1}").status_code == 400
     default = client.get("/v1/prices/BTC/history").get_json()["prices"]
-    assert len(default) == api.DEFAULT_HISTORY_LIMIT
+    assert len(default) == history_api.DEFAULT_HISTORY_LIMIT

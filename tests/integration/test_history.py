@@ -1,0 +1,83 @@
+"""The price history under gunicorn, as an operator runs it: the recorder beside the
+workers stores what was served, and a restart with other settings leaves the history of
+the ticks before it as it was (the same bytes), with the new ticks after it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import requests
+
+from tests.integration.conftest import ServiceFactory, recorded_database, wait_until
+
+TICK = 1.0
+
+
+def polled_prices(url: str, seen: dict[int, float]) -> None:
+    """Record what the service serves now: tick -> BTC price."""
+    quote = requests.get(f"{url}/crypto-price?symbol=BTC", timeout=5).json()
+    seen[quote["tick"]] = quote["price"]
+
+
+def stored(url: str, first: float, last: float) -> dict[int, float]:
+    body = requests.get(
+        f"{url}/v1/prices/BTC/history?from={first}&to={last}&limit=1000", timeout=5
+    ).json()
+    return {point["tick"]: point["price"] for point in body["prices"]}
+
+
+def test_a_restart_with_other_settings_keeps_the_history_that_was_served(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    # Ten minutes stored before the first start, so that some candles have closed.
+    database = recorded_database(tmp_path, 600 / 86400, PRICE_TICK_SECONDS=str(TICK))
+    before = start_service(
+        DATABASE_URL=database, PRICE_TICK_SECONDS=str(TICK), RATE_LIMIT="1000/second"
+    )
+    served: dict[int, float] = {}
+    start = math.floor(requests.get(f"{before.url}/crypto-price", timeout=5).json()["updated_at"])
+
+    def five_ticks_stored() -> bool:
+        polled_prices(before.url, served)
+        return len(stored(before.url, start, start + 3600)) >= 5
+
+    wait_until(five_ticks_stored, 20, "five ticks stored")
+    end = start + 5 * TICK
+    closed = start - start % 300  # candles that ended before the restart, and stay so
+    queries = [
+        f"/v1/prices/BTC/history?from={start - 300}&to={end}&limit=1000",
+        f"/v1/prices/ETH/history?from={start - 300}&to={end}&limit=1000",
+        f"/v1/prices/BTC/candles?interval=1m&from={closed - 300}&to={closed}",
+        f"/v1/prices/SOL/candles?interval=5m&from={closed - 300}&to={closed}",
+    ]
+    answers = [requests.get(before.url + query, timeout=5).content for query in queries]
+    sizes = [len(next(v for v in json.loads(a).values() if isinstance(v, list))) for a in answers]
+    assert sizes[0] == sizes[1] >= 300 and sizes[2] == 5 and sizes[3] == 1, sizes
+    assert stored(before.url, start, end) == {t: p for t, p in served.items() if t < start + 5}
+    assert before.stop() == 0
+
+    after = start_service(
+        DATABASE_URL=database,
+        PRICE_TICK_SECONDS=str(TICK),
+        RATE_LIMIT="1000/second",
+        PRICE_SEED="another-seed",
+        SYMBOLS="BTC:1000,ETH:75,SOL:20,XRP:10",
+    )
+    assert [requests.get(after.url + query, timeout=5).content for query in queries] == answers
+    served_after: dict[int, float] = {}
+    restarted = requests.get(f"{after.url}/crypto-price", timeout=5).json()["tick"]
+
+    def three_new_ticks_stored() -> bool:
+        polled_prices(after.url, served_after)
+        return len([t for t in stored(after.url, restarted, restarted + 3600)]) >= 3
+
+    wait_until(three_new_ticks_stored, 20, "three ticks stored after the restart")
+    new = stored(after.url, restarted, restarted + 3600)
+    assert all(new[tick] == price for tick, price in served_after.items() if tick in new)
+    assert all(price > 200 for price in new.values())  # the new base price's, not the old
+    everything = stored(after.url, start, restarted + 3600)
+    assert {t: p for t, p in everything.items() if t < restarted} == stored(
+        after.url, start, restarted
+    )

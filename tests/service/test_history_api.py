@@ -1,0 +1,228 @@
+"""The history endpoints on a real SQLite file filled by the backfill (pinned clock):
+ticks as they were served, ranges paged exactly once, candles that say what the ticks
+say, CSV, ETags, and a clear 400 for every bad parameter."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import flask
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.backfill import backfill
+from service.config import Settings
+from service.database import create_engine, upgrade
+from service.errors import ApiError
+from service.history_api import (
+    CANDLE_INTERVALS,
+    EARLIEST,
+    LATEST,
+    MAX_CANDLES,
+    TIME_SCHEMA,
+    time_parameter,
+)
+from service.history_store import HistoryStore
+from tests.conftest import PINNED_NOW, AppFactory
+
+TICK = 60.0  # a day is 1,441 ticks: quick to backfill, several hours and a day of candles
+
+
+@pytest.fixture(scope="module")
+def recorded_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of an app whose history holds the day before PINNED_NOW."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('history')}/history.sqlite3"
+    env = {"DATABASE_URL": url, "PRICE_TICK_SECONDS": str(TICK), "RATE_LIMIT": "10000/minute"}
+    engine = create_engine(url)
+    upgrade(engine)
+    backfill(Settings.from_env(env), HistoryStore(engine), 1.0, clock=lambda: PINNED_NOW)
+    engine.dispose()
+    return env
+
+
+@pytest.fixture
+def recorded(
+    recorded_env: dict[str, str], make_app: AppFactory
+) -> Callable[..., flask.testing.FlaskClient]:
+    env = recorded_env
+
+    def client(now: float = PINNED_NOW) -> flask.testing.FlaskClient:
+        return make_app(clock=lambda: now, **env).test_client()
+
+    return client
+
+
+def all_ticks(client: flask.testing.FlaskClient) -> list[dict[str, float]]:
+    found: list[dict[str, float]] = []
+    url = "/v1/prices/BTC/history?from=946684800&limit=1000"
+    while url:
+        body = client.get(url).get_json()
+        found += body["prices"]
+        url = f"/v1/prices/BTC/history?cursor={body['next']}&limit=1000" if "next" in body else ""
+    return found
+
+
+def test_the_newest_ticks_are_those_the_feed_served(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    client = recorded()
+    body = client.get("/v1/prices/btc/history?limit=25").get_json()
+    assert list(body) == ["symbol", "prices", "timestamp"] and body["timestamp"] == PINNED_NOW
+    prices = body["prices"]
+    assert len(prices) == 25
+    current = int(PINNED_NOW // TICK)
+    assert [p["tick"] for p in prices] == list(range(current - 24, current + 1))
+    served = client.get("/crypto-price?symbol=BTC").get_json()
+    assert (
+        prices[-1]["price"] == served["price"] and prices[-1]["updated_at"] == served["updated_at"]
+    )
+    assert len(client.get("/v1/prices/BTC/history").get_json()["prices"]) == 10
+
+
+def test_a_range_is_paged_exactly_once_and_answers_the_same_bytes_each_time(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    client = recorded()
+    ticks = all_ticks(client)
+    assert len(ticks) == 1441
+    assert all(b["tick"] - a["tick"] == 1 for a, b in itertools.pairwise(ticks))
+    start, end = ticks[100]["updated_at"], ticks[400]["updated_at"]
+    unix = client.get(f"/v1/prices/BTC/history?from={start}&to={end}&limit=1000")
+    rfc3339 = (
+        datetime.datetime.fromtimestamp(start, datetime.UTC).isoformat().replace("+00:00", "Z")
+    )
+    as_text = client.get(f"/v1/prices/BTC/history?from={rfc3339}&to={end}&limit=1000")
+    assert unix.data == as_text.data
+    assert [p["tick"] for p in unix.get_json()["prices"]] == [t["tick"] for t in ticks[100:400]]
+    later = recorded(PINNED_NOW + 3600)  # an hour on: the range's answer is as it was
+    assert later.get(f"/v1/prices/BTC/history?from={start}&to={end}&limit=1000").data == unix.data
+    assert unix.headers["Cache-Control"] == "max-age=3600"
+    again = client.get(
+        f"/v1/prices/BTC/history?from={start}&to={end}&limit=1000",
+        headers={"If-None-Match": unix.headers["ETag"]},
+    )
+    assert again.status_code == 304 and again.data == b""
+
+
+def test_csv_says_what_json_says(recorded: Callable[..., flask.testing.FlaskClient]) -> None:
+    client = recorded()
+    as_json = client.get("/v1/prices/ETH/history?limit=30").get_json()["prices"]
+    answer = client.get("/v1/prices/ETH/history?limit=30", headers={"Accept": "text/csv"})
+    assert answer.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
+    assert [(int(r["tick"]), float(r["updated_at"]), float(r["price"])) for r in rows] == [
+        (p["tick"], p["updated_at"], p["price"]) for p in as_json
+    ]
+    candles = client.get("/v1/prices/ETH/candles?interval=1h", headers={"Accept": "text/csv"})
+    assert candles.get_data(as_text=True).splitlines()[0] == "start,open,high,low,close,ticks"
+
+
+@pytest.mark.parametrize("interval", list(CANDLE_INTERVALS))
+def test_candles_say_what_the_ticks_say(
+    recorded: Callable[..., flask.testing.FlaskClient], interval: str
+) -> None:
+    client = recorded()
+    ticks = all_ticks(client)
+    width = CANDLE_INTERVALS[interval]
+    body = client.get(
+        f"/v1/prices/BTC/candles?interval={interval}&from={PINNED_NOW - 86400 - width}"
+    ).get_json()
+    assert body["symbol"] == "BTC" and body["interval"] == interval
+    expected = []
+    for start, group in itertools.groupby(ticks, key=lambda t: t["updated_at"] // width * width):
+        prices = [t["price"] for t in group]
+        expected.append(
+            {"start": start, "open": prices[0], "high": max(prices), "low": min(prices),
+             "close": prices[-1], "ticks": len(prices)}
+        )  # fmt: skip
+    assert body["candles"] == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error", "fragment"),
+    [
+        ("history?from=yesterday", 400, "invalid_from", "RFC 3339"),
+        ("history?to=1e400", 400, "invalid_to", "unix seconds"),
+        ("history?to=-5", 400, "invalid_to", "unix seconds"),
+        ("history?from=2026-12-01T12:00:00", 400, "invalid_from", "offset"),
+        ("history?from=2026-02-30T12:00:00Z", 400, "invalid_from", "RFC 3339"),
+        ("history?from=2026-12-01T12:00:00%2B24:00", 400, "invalid_from", "RFC 3339"),
+        ("history?from=1800000000&to=1700000000", 400, "invalid_range", "later than from"),
+        ("history?cursor=abc", 400, "invalid_cursor", "cursor"),
+        ("history?limit=1001", 400, "invalid_limit", "1 to 1000"),
+        ("candles?interval=2m", 400, "invalid_interval", "1m, 5m, 15m, 1h, 1d"),
+        ("candles?interval=1m&from=1600000000", 400, "range_too_long", f"{MAX_CANDLES} 1m"),
+        ("candles?from=1800000000&to=1700000000", 400, "invalid_range", "later than from"),
+    ],
+)
+def test_a_bad_parameter_is_a_400_that_names_it_and_its_bound(
+    recorded: Callable[..., flask.testing.FlaskClient],
+    query: str,
+    status: int,
+    error: str,
+    fragment: str,
+) -> None:
+    answer = recorded().get(f"/v1/prices/BTC/{query}")
+    assert answer.status_code == status
+    body = answer.get_json()
+    assert body["error"] == error and fragment in body["message"], body
+
+
+@given(
+    st.text(max_size=60)
+    | st.datetimes(timezones=st.timezones()).map(lambda moment: moment.isoformat())
+    | st.floats(0, 1e10).map(lambda seconds: f"{seconds:.3f}")
+)
+def test_any_time_parameter_is_a_time_in_bounds_or_a_400(raw: str) -> None:
+    try:
+        value = time_parameter("from", raw)
+    except ApiError as error:
+        refused = (error.code, error.error)
+    else:
+        assert value is not None and EARLIEST <= value <= LATEST
+        return
+    assert refused == (400, "invalid_from")
+
+
+def test_a_database_that_does_not_answer_fails_the_history_and_nothing_else(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    client = make_app(
+        DATABASE_URL=f"sqlite:///{tmp_path}/missing/dir/history.sqlite3"
+    ).test_client()
+    answer = client.get("/v1/prices/BTC/history")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert answer.get_json()["error"] == "history_unavailable"
+    assert client.get("/v1/prices/BTC/candles").status_code == 503
+    assert client.get("/v1/prices").status_code == 200
+    assert client.get("/crypto-price").status_code == 200
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_an_rfc_3339_time_is_the_instant_it_names(moment: datetime.datetime) -> None:
+    text = moment.isoformat(timespec="microseconds")
+    if moment.utcoffset() is not None and moment.utcoffset().seconds % 60:  # type: ignore[union-attr]
+        return  # RFC 3339 offsets are whole minutes
+    expected = min(max(moment.timestamp(), EARLIEST), LATEST)
+    assert time_parameter("from", text) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_document_describes_the_times_that_are_read() -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    checker = jsonschema.Draft202012Validator(
+        TIME_SCHEMA, format_checker=jsonschema.FormatChecker()
+    )
+    for text in [
+        "1796000000",
+        "1796000000.25",
+        "2026-12-01T12:00:00Z",
+        "2026-12-01t12:00:00+05:30",
+    ]:
+        assert checker.is_valid(text) and time_parameter("to", text) is not None
