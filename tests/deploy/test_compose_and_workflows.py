@@ -23,7 +23,16 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert services["crypto-service"]["environment"]["RATE_LIMIT_STORAGE_URI"].startswith(
         "redis://redis"
     )
-    assert {"redis", "prometheus", "grafana", "crypto-poll"} <= set(services)
+    assert {"redis", "prometheus", "grafana", "crypto-poll", "postgres"} <= set(services)
+    # Both replicas write one history, on PostgreSQL, migrated before either starts.
+    service = services["crypto-service"]
+    assert service["environment"]["DATABASE_URL"].startswith("postgresql://prices:")
+    assert "@postgres:5432/prices" in service["environment"]["DATABASE_URL"]
+    assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    assert services["migrate"]["environment"] == {
+        "DATABASE_URL": service["environment"]["DATABASE_URL"]
+    }
     mounts = " ".join(services["grafana"]["volumes"] + services["prometheus"]["volumes"])
     assert "../grafana/provisioning" in mounts and "./prometheus" in mounts
 
