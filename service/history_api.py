@@ -126,16 +126,22 @@ def _wants_csv() -> bool:
     )
 
 
-def _respond(body: str, mimetype: str, max_age: int) -> flask.Response:
-    """``body`` with a strong ETag of its bytes, or a 304 to a matching If-None-Match."""
+def _respond(
+    body: str, mimetype: str, max_age: int, timestamp: float | None = None
+) -> flask.Response:
+    """``body`` with a strong ETag of its bytes, or a 304 to a matching If-None-Match. A
+    JSON ``body`` is sent with ``timestamp`` last when given: the time of the response is
+    not part of what the tag validates (the live form's ticks are)."""
     tag = hashlib.blake2b(body.encode(), digest_size=9).hexdigest()
     asked = flask.request.headers.get("If-None-Match")
     if asked is not None and parse_etags(asked).contains_weak(tag):
         response = flask.Response(status=304)
     else:
-        response = flask.Response(body, mimetype=mimetype)
+        sent = body if timestamp is None else f'{body[:-1]},"timestamp":{timestamp!r}}}'
+        response = flask.Response(sent, mimetype=mimetype)
     response.headers["ETag"] = f'"{tag}"'
     response.headers["Cache-Control"] = f"max-age={max_age}"
+    response.headers["Vary"] = "Accept"  # JSON or CSV, by the request's Accept
     return response
 
 
@@ -193,9 +199,9 @@ def history(symbol: str) -> flask.Response:
     document: dict[str, object] = {"symbol": symbol, "prices": [_tick_fields(t) for t in ticks]}
     if following is not None:
         document["next"] = str(following)
-    if not ranged:
-        document["timestamp"] = now  # the live form, as it always was
-    return _respond(json.dumps(document, separators=(",", ":")), "application/json", max_age)
+    body = json.dumps(document, separators=(",", ":"))
+    # The live form says when it was answered, as it always did; a range does not.
+    return _respond(body, "application/json", max_age, timestamp=None if ranged else now)
 
 
 def _candle_fields(candle: Candle) -> dict[str, object]:

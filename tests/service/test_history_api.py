@@ -110,6 +110,20 @@ def test_a_range_is_paged_exactly_once_and_answers_the_same_bytes_each_time(
     assert again.status_code == 304 and again.data == b""
 
 
+def test_the_newest_ticks_are_not_modified_until_a_tick_is_stored(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    first = recorded().get("/v1/prices/BTC/history?limit=5")
+    tag = first.headers["ETag"]
+    same = recorded(PINNED_NOW + 1).get(  # later in the same tick: a new timestamp only
+        "/v1/prices/BTC/history?limit=5", headers={"If-None-Match": tag}
+    )
+    assert same.status_code == 304 and same.headers["ETag"] == tag
+    assert first.headers["Vary"] == "Accept"
+    as_csv = recorded().get("/v1/prices/BTC/history?limit=5", headers={"Accept": "text/csv"})
+    assert as_csv.headers["ETag"] != tag  # another representation, another tag
+
+
 def test_csv_says_what_json_says(recorded: Callable[..., flask.testing.FlaskClient]) -> None:
     client = recorded()
     as_json = client.get("/v1/prices/ETH/history?limit=30").get_json()["prices"]
