@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from service.config import ConfigError, Settings
 from service.database import SchemaBehind, check_schema, create_engine
+from service.feed import PriceFeed
 from service.history_store import HistoryStore, Tick
 from service.logs import configure_logging, get_logger
 from service.metrics import HistoryMetrics
@@ -31,6 +32,7 @@ TICKS_PER_WRITE = 500  # ticks of every symbol written in one transaction when c
 RETRY_SECONDS = (1, 2, 5, 10, 30)  # after a failed write, by consecutive failures
 ERROR_LOG_SECONDS = 30.0  # at most one error line this often (the count is in the metrics)
 PRUNE_EVERY_SECONDS = 600.0
+PARENT_CHECK_SECONDS = 1.0  # how soon the recorder notices that its master is gone
 
 
 class Recorder:
@@ -47,7 +49,12 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.model = PriceModel(settings.price_seed, settings.symbols)
+        self.feed = PriceFeed(
+            PriceModel(settings.price_seed, settings.symbols),
+            list(settings.symbols),
+            settings.price_tick_seconds,
+            clock=clock,
+        )
         self.tick_seconds = settings.price_tick_seconds
         self.tick_ms = round(self.tick_seconds * 1000)
         self.next_tick: int | None = None  # the oldest tick not yet written
@@ -57,17 +64,16 @@ class Recorder:
         self.log = get_logger("service.recorder")
 
     def tick_at(self, now: float) -> int:
-        return math.floor(now / self.tick_seconds)
+        return self.feed.tick_at(now)
 
     def start_ms(self, tick: int) -> int:
         return round(tick * self.tick_seconds * 1000)
 
     def quotes(self, tick: int) -> list[Tick]:
-        start = self.start_ms(tick)
-        return [
-            Tick(symbol, start, self.tick_ms, self.model.price(symbol, tick))
-            for symbol in self.settings.symbols
-        ]
+        """The tick's quotes of every symbol, as the workers' feeds serve them."""
+        now = self.clock()
+        served = (self.feed.at_tick(symbol, tick, now) for symbol in self.feed.symbols)
+        return [Tick(q.symbol, self.start_ms(tick), self.tick_ms, q.price) for q in served]
 
     def resume_point(self, now: float) -> int:
         """The first tick to write: after the newest stored, when it is this model's and
@@ -143,6 +149,22 @@ class Recorder:
             stop.wait(self.step())
 
 
+def stop_when_orphaned(stop: threading.Event, parent: int) -> threading.Thread:
+    """Set ``stop`` once ``parent`` (gunicorn's master) is gone, however it went: a
+    master killed outright cannot stop its recorder, and two recorders of one replica
+    would be one too many once it is started again."""
+
+    def watch() -> None:
+        while not stop.wait(PARENT_CHECK_SECONDS):
+            if os.getppid() != parent:
+                get_logger("service.recorder").warning("master gone; stopping", master=parent)
+                stop.set()
+
+    watcher = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    watcher.start()
+    return watcher
+
+
 def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
@@ -156,6 +178,7 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_when_orphaned(stop, os.getppid())
     while not stop.is_set():  # a schema behind is an operator's to fix; say so and wait
         try:
             check_schema(engine)

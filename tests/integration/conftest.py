@@ -210,12 +210,15 @@ class Service:
         return next((pid for pid in self.children() if self.is_recorder(pid)), None)
 
     def children(self) -> set[int]:
-        master = self.process.pid
-        try:
-            text = Path(f"/proc/{master}/task/{master}/children").read_text()
-        except FileNotFoundError:
-            return set()
-        return {int(pid) for pid in text.split()}
+        """The master's children, of any of its threads (the recorder is started from one
+        of its own, and each thread lists only the children it forked)."""
+        found: set[int] = set()
+        for task in Path(f"/proc/{self.process.pid}/task").glob("*"):
+            try:
+                found.update(int(pid) for pid in (task / "children").read_text().split())
+            except FileNotFoundError:
+                continue
+        return found
 
     @staticmethod
     def is_recorder(pid: int) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import requests
@@ -81,3 +83,24 @@ def test_a_restart_with_other_settings_keeps_the_history_that_was_served(
     assert {t: p for t, p in everything.items() if t < restarted} == stored(
         after.url, start, restarted
     )
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie that nobody reaps (an orphan here)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_the_recorder_stops_when_its_master_is_killed(start_service: ServiceFactory) -> None:
+    service = start_service()
+    recorder = service.recorder_pid()
+    assert recorder is not None
+    workers = service.worker_pids()
+    os.kill(service.process.pid, signal.SIGKILL)
+    service.process.wait(5)
+    # A master killed outright cannot stop them: each notices by itself (the workers by
+    # gunicorn's own check of their parent).
+    wait_until(lambda: gone(recorder), 10, "the recorder to exit after its master")
+    wait_until(lambda: all(map(gone, workers)), 10, "the workers to exit after their master")

@@ -101,7 +101,8 @@ def test_other_settings_start_a_new_history_and_leave_the_old_as_served(
     old, new = store.ticks("BTC", 0, 2**62, 10)
     assert old == before  # as it was served then
     assert new.start_ms // 1000 == int(clock.now) - int(clock.now) % (new.tick_ms // 1000)
-    assert new.price == restarted.model.price("BTC", round(new.start_ms / new.tick_ms))
+    model = PriceModel(restarted.settings.price_seed, restarted.settings.symbols)
+    assert new.price == model.price("BTC", round(new.start_ms / new.tick_ms))
 
 
 def test_ticks_missed_while_the_database_is_locked_are_written_once_it_is_free(
