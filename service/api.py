@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -228,9 +227,7 @@ def _respond_and_count_polls(
         response = flask.Response(f"{body_prefix()}{now!r}}}", mimetype="application/json")
     # add, not the Response(headers=...) argument: a third of the time per response.
     response.headers.add("ETag", f'"{tag}"')
-    response.headers.add(
-        "Cache-Control", f"max-age={max(0, math.floor(quotes[0].next_update_at - now))}"
-    )
+    response.headers.add("Cache-Control", f"max-age={state.feed.fresh_seconds(now)}")
     outcome = "not_modified" if not_modified else "fresh"
     for quote in quotes:
         state.metrics.count_poll(quote.symbol, outcome)

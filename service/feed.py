@@ -46,6 +46,11 @@ class PriceFeed:
     def tick_at(self, now: float) -> int:
         return math.floor(now / self.tick_seconds)
 
+    def fresh_seconds(self, now: float) -> int:
+        """The whole seconds left in the tick of ``now``: how long an answer about it
+        stays fresh (a Cache-Control max-age)."""
+        return max(0, math.floor((self.tick_at(now) + 1) * self.tick_seconds - now))
+
     def quote(self, symbol: str, now: float) -> TickQuote:
         tick = self.tick_at(now)
         latest = self._latest.get(symbol)

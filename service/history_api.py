@@ -27,7 +27,7 @@ from service.api import known_symbol
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
 from service.history_store import Candle, Tick, candle_of
-from service.state import ServiceState, get_state
+from service.state import get_state
 
 bp = flask.Blueprint("history", __name__)
 DEFAULT_HISTORY_LIMIT = 10
@@ -145,11 +145,6 @@ def _respond(
     return response
 
 
-def _until_next_tick(state: ServiceState, now: float) -> int:
-    tick_seconds = state.settings.price_tick_seconds
-    return max(0, math.floor((math.floor(now / tick_seconds) + 1) * tick_seconds - now))
-
-
 def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -192,7 +187,7 @@ def history(symbol: str) -> flask.Response:
     except sa.exc.SQLAlchemyError:
         raise _unavailable() from None
     closed = end is not None and end <= now - state.settings.price_tick_seconds
-    max_age = CLOSED_MAX_AGE if closed else _until_next_tick(state, now)
+    max_age = CLOSED_MAX_AGE if closed else state.feed.fresh_seconds(now)
     if _wants_csv():
         rows = ((f["tick"], f["updated_at"], f["price"]) for f in map(_tick_fields, ticks))
         return _respond(_csv(("tick", "updated_at", "price"), rows), "text/csv", max_age)
@@ -258,7 +253,7 @@ def candles(symbol: str) -> flask.Response:
     found = grouped(stored, width_ms)
     open_from = math.floor(now / width) * width  # the candle still open now
     closed = last <= open_from
-    max_age = CLOSED_MAX_AGE if closed else _until_next_tick(state, now)
+    max_age = CLOSED_MAX_AGE if closed else state.feed.fresh_seconds(now)
     if _wants_csv():
         header = ("start", "open", "high", "low", "close", "ticks")
         rows = ([f[name] for name in header] for f in map(_candle_fields, found))

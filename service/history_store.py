@@ -9,20 +9,22 @@ candle counts each tick once whichever replica wrote it.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.history_schema import candles, ticks
+from service.history_schema import candle_pairs, candles, ticks
 
 CANDLE_WIDTHS = (60, 3600, 86400)  # seconds: what is stored; 5m and 15m are read from 1m
 ROWS_PER_STATEMENT = 1000  # SQLite binds at most 32,766 values in one statement
 WRITER_LOCK = 0x63727970  # PostgreSQL advisory lock id ("cryp") held while writing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Tick:
     symbol: str
     start_ms: int  # unix ms when the tick started
@@ -30,7 +32,7 @@ class Tick:
     price: float  # as served
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Candle:
     start_ms: int
     open: float
@@ -40,13 +42,53 @@ class Candle:
     ticks: int
     first_ms: int  # the start of the tick that opened it
     last_ms: int  # and of the one that closed it
+    # The statistics' parts (None where they were never computed: history_schema says when).
+    sum_price: float | None = None
+    returns: int | None = None  # ticks with a log return from the tick before
+    sum_return: float | None = None
+    sum_return_sq: float | None = None
+
+    def volatility(self) -> float | None:
+        """The sample standard deviation of the log returns, with two or more."""
+        if self.returns is None or self.returns < 2:
+            return None
+        assert self.sum_return is not None and self.sum_return_sq is not None
+        spread = self.sum_return_sq - self.sum_return**2 / self.returns
+        return math.sqrt(max(spread, 0.0) / (self.returns - 1))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Comoments:
+    """Two symbols' log returns over the ticks where both have one: x the symbol's, y the
+    other's."""
+
+    pairs: int
+    sum_x: float
+    sum_y: float
+    sum_xx: float
+    sum_yy: float
+    sum_xy: float
+
+    def correlation(self) -> float | None:
+        """Pearson's, where both vary."""
+        if self.pairs < 2:
+            return None
+        n = self.pairs
+        cross = self.sum_xy - self.sum_x * self.sum_y / n
+        spread_x = self.sum_xx - self.sum_x**2 / n
+        spread_y = self.sum_yy - self.sum_y**2 / n
+        if spread_x <= 0 or spread_y <= 0:
+            return None
+        return max(-1.0, min(1.0, cross / math.sqrt(spread_x * spread_y)))
 
 
 def candle_of(parts: Sequence[Candle], start_ms: int) -> Candle:
     """One candle from its parts (ticks as one-tick candles, or narrower candles), in
-    any order: open of the earliest, close of the latest, the extremes, the count."""
+    any order: open of the earliest, close of the latest, the extremes, the count, the
+    sums (exactly rounded, so the same whatever the order)."""
     first = min(parts, key=lambda part: part.first_ms)
     last = max(parts, key=lambda part: part.last_ms)
+    summed = all(part.sum_price is not None for part in parts)
     return Candle(
         start_ms,
         first.open,
@@ -56,11 +98,76 @@ def candle_of(parts: Sequence[Candle], start_ms: int) -> Candle:
         sum(part.ticks for part in parts),
         first.first_ms,
         last.last_ms,
+        math.fsum(p.sum_price for p in parts) if summed else None,  # type: ignore[misc]
+        sum(p.returns for p in parts) if summed else None,  # type: ignore[misc]
+        math.fsum(p.sum_return for p in parts) if summed else None,  # type: ignore[misc]
+        math.fsum(p.sum_return_sq for p in parts) if summed else None,  # type: ignore[misc]
     )
 
 
-def tick_candle(start_ms: int, price: float) -> Candle:
-    return Candle(start_ms, price, price, price, price, 1, start_ms, start_ms)
+def comoments_of(parts: Iterable[Comoments]) -> Comoments:
+    parts = list(parts)
+    return Comoments(
+        sum(part.pairs for part in parts),
+        *(math.fsum(getattr(part, name) for part in parts) for name in _COMOMENT_SUMS),
+    )
+
+
+_COMOMENT_SUMS = ("sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
+
+
+def tick_candle(start_ms: int, price: float, log_return: float | None = None) -> Candle:
+    returned = log_return is not None
+    r = log_return or 0.0
+    return Candle(
+        start_ms, price, price, price, price, 1, start_ms, start_ms, price, int(returned), r, r * r
+    )
+
+
+def log_returns(series: dict[int, tuple[int, float]]) -> dict[int, float | None]:
+    """Each tick's log return (start -> (length, price)): from the tick that started one
+    length before, if that one is stored and as long."""
+    returns: dict[int, float | None] = {}
+    for start, (length, price) in series.items():
+        before = series.get(start - length)
+        returns[start] = (
+            math.log(price / before[1]) if before and before[0] == length and before[1] else None
+        )
+    return returns
+
+
+def comoments_between(x: dict[int, float | None], y: dict[int, float | None]) -> Comoments:
+    both = [(a, b) for start, a in x.items() if a is not None and (b := y.get(start)) is not None]
+    return Comoments(
+        len(both),
+        math.fsum(a for a, _ in both),
+        math.fsum(b for _, b in both),
+        math.fsum(a * a for a, _ in both),
+        math.fsum(b * b for _, b in both),
+        math.fsum(a * b for a, b in both),
+    )
+
+
+def covering(start_ms: int, end_ms: int) -> list[tuple[int, int, int]]:
+    """[start_ms, end_ms) (whole minutes) as the fewest stored candles: (width, from, to)
+    spans of the widest candles that fit, narrower ones at the edges."""
+    spans: list[tuple[int, int, int]] = []
+
+    def split(start: int, end: int, widths: Sequence[int]) -> None:
+        if start >= end or not widths:
+            return
+        width_ms = widths[0] * 1000
+        inner_start = -(-start // width_ms) * width_ms
+        inner_end = end // width_ms * width_ms
+        if inner_start < inner_end:
+            spans.append((widths[0], inner_start, inner_end))
+            split(start, inner_start, widths[1:])
+            split(inner_end, end, widths[1:])
+        else:
+            split(start, end, widths[1:])
+
+    split(start_ms, end_ms, sorted(CANDLE_WIDTHS, reverse=True))
+    return sorted(spans, key=lambda span: span[1])
 
 
 def _chunks(rows: Sequence[Tick]) -> Iterator[Sequence[Tick]]:
@@ -77,72 +184,201 @@ class HistoryStore:
         insert = postgresql.insert if self._postgres else sqlite.insert
         # Built once, executed with parameters: SQLAlchemy compiles each once.
         self._insert_ticks = (
-            insert(ticks).on_conflict_do_nothing().returning(ticks.c.symbol, ticks.c.start_ms)
+            insert(ticks)
+            .on_conflict_do_nothing()
+            .returning(ticks.c.symbol, ticks.c.start_ms, ticks.c.tick_ms)
         )
-        upsert = insert(candles)
-        self._upsert_candles = upsert.on_conflict_do_update(
-            index_elements=[candles.c.symbol, candles.c.width_s, candles.c.start_ms],
-            set_={name: upsert.excluded[name] for name in Candle.__slots__[1:]},
-        )
+        self._upsert_candles = _upsert(insert, candles, Candle)
+        self._upsert_pairs = _upsert(insert, candle_pairs, Comoments)
+        # The symbols stored, for the comoments of a minute (read once: a full scan).
+        self._symbols: set[str] | None = None
 
     def record(self, rows: Sequence[Tick]) -> int:
         """Write these ticks and roll them up; the number that were not there yet."""
-        inserted: list[tuple[str, int]] = []
+        inserted: list[tuple[str, int, int]] = []
         with self.engine.begin() as connection:
-            if self._postgres:
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITER_LOCK)))
+            self._lock(connection)
             for chunk in _chunks(rows):
-                written = connection.execute(self._insert_ticks, [_row(row) for row in chunk])
-                inserted.extend((symbol, start) for symbol, start in written)
+                written = connection.execute(
+                    self._insert_ticks, [dataclasses.asdict(row) for row in chunk]
+                )
+                inserted.extend((symbol, start, length) for symbol, start, length in written)
             self._roll_up(connection, inserted)
         return len(inserted)
 
-    def _roll_up(self, connection: sa.Connection, inserted: Iterable[tuple[str, int]]) -> None:
-        """Recompute the candles that the inserted ticks fall in, narrowest first: a
-        minute from its ticks, an hour from its minutes, a day from its hours."""
-        touched = {(symbol, start) for symbol, start in inserted}
-        narrower: int | None = None
+    def fill_statistics(self) -> int:
+        """Roll up again the minutes whose candles have no statistics yet (rolled up before
+        revision 0002) and whose ticks are kept; how many minutes."""
+        with self.engine.begin() as connection:
+            self._lock(connection)
+            bare = connection.execute(
+                sa.select(candles.c.symbol, candles.c.start_ms).where(
+                    candles.c.width_s == 60, candles.c.sum_price.is_(None)
+                )
+            ).all()
+            kept: list[tuple[str, int, int]] = []
+            for symbol, start in bare:
+                kept.extend(
+                    connection.execute(
+                        sa.select(ticks.c.symbol, ticks.c.start_ms, ticks.c.tick_ms).where(
+                            ticks.c.symbol == symbol,
+                            ticks.c.start_ms >= start,
+                            ticks.c.start_ms < start + 60_000,
+                        )
+                    ).tuples()
+                )
+            self._roll_up(connection, kept)
+        return len({start for _, start, _ in kept})
+
+    def _lock(self, connection: sa.Connection) -> None:
+        if self._postgres:
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITER_LOCK)))
+
+    def _stored_symbols(self, connection: sa.Connection) -> set[str]:
+        if self._symbols is None:
+            query = sa.select(candles.c.symbol).where(candles.c.width_s == 86_400).distinct()
+            self._symbols = set(connection.scalars(query))
+        return self._symbols
+
+    def _roll_up(self, connection: sa.Connection, inserted: Sequence[tuple[str, int, int]]) -> None:
+        """Recompute what the inserted ticks change, narrowest first: a minute from its
+        ticks (the minute of each, and of the tick after it, whose log return it gives),
+        an hour from its minutes, a day from its hours; every symbol's candles and
+        comoments of each."""
+        if not inserted:
+            return
+        symbols = self._stored_symbols(connection)
+        symbols.update(symbol for symbol, _, _ in inserted)
+        lookback = max(length for _, _, length in inserted)
+        touched: set[int] = set()
+        for _, start, length in inserted:
+            touched.update((start - start % 60_000, (start + length) - (start + length) % 60_000))
+        narrower = None
         for width in CANDLE_WIDTHS:
             width_ms = width * 1000
-            touched = {(symbol, start - start % width_ms) for symbol, start in touched}
-            rolled = []
-            for symbol, start in sorted(touched):
-                parts = self._parts(connection, symbol, narrower, start, start + width_ms)
-                if parts:
-                    candle = candle_of(parts, start)
-                    rolled.append({"symbol": symbol, "width_s": width, **_fields(candle)})
+            touched = {start - start % width_ms for start in touched}
+            rolled: list[dict[str, object]] = []
+            paired: list[dict[str, object]] = []
+            for start in sorted(touched):
+                if narrower is None:
+                    found, pairs = self._minute(connection, symbols, start, lookback)
+                else:
+                    found, pairs = self._wider(connection, symbols, narrower, start, width_ms)
+                rolled.extend(
+                    {"symbol": symbol, "width_s": width, **dataclasses.asdict(candle)}
+                    for symbol, candle in found.items()
+                )
+                paired.extend(
+                    {"symbol": a, "other": b, "width_s": width, "start_ms": start,
+                     **dataclasses.asdict(sums)}
+                    for (a, b), sums in pairs.items()
+                )  # fmt: skip
             if rolled:
                 connection.execute(self._upsert_candles, rolled)
+            if paired:
+                connection.execute(self._upsert_pairs, paired)
             narrower = width
 
-    def _parts(
-        self, connection: sa.Connection, symbol: str, width: int | None, start: int, end: int
-    ) -> list[Candle]:
-        if width is None:
-            rows = connection.execute(
-                sa.select(ticks.c.start_ms, ticks.c.price).where(
-                    ticks.c.symbol == symbol, ticks.c.start_ms >= start, ticks.c.start_ms < end
-                )
-            )
-            return [tick_candle(start_ms, price) for start_ms, price in rows]
-        return list(self._candle_rows(connection, symbol, width, start, end))
-
-    def _candle_rows(
-        self, connection: sa.Connection, symbol: str, width: int, start: int, end: int
-    ) -> Iterator[Candle]:
-        columns = [candles.c[name] for name in Candle.__slots__]
+    def _minute(
+        self, connection: sa.Connection, symbols: set[str], start: int, lookback: int
+    ) -> tuple[dict[str, Candle], dict[tuple[str, str], Comoments]]:
+        """A minute's candles and comoments, from its ticks and those just before it."""
         rows = connection.execute(
-            sa.select(*columns)
+            sa.select(ticks.c.symbol, ticks.c.start_ms, ticks.c.tick_ms, ticks.c.price).where(
+                ticks.c.symbol.in_(sorted(symbols)),
+                ticks.c.start_ms >= start - lookback,
+                ticks.c.start_ms < start + 60_000,
+            )
+        )
+        series: dict[str, dict[int, tuple[int, float]]] = {}
+        for symbol, tick_start, length, price in rows:
+            series.setdefault(symbol, {})[tick_start] = (length, price)
+        returns = {
+            symbol: {at: r for at, r in log_returns(points).items() if at >= start}
+            for symbol, points in series.items()
+        }
+        found = {
+            symbol: candle_of(
+                [tick_candle(at, series[symbol][at][1], r) for at, r in by_start.items()], start
+            )
+            for symbol, by_start in returns.items()
+            if by_start
+        }
+        pairs = {
+            (a, b): sums
+            for a in sorted(returns)
+            for b in sorted(returns)
+            if a < b and (sums := comoments_between(returns[a], returns[b])).pairs
+        }
+        return found, pairs
+
+    def _wider(
+        self, connection: sa.Connection, symbols: set[str], narrower: int, start: int, width_ms: int
+    ) -> tuple[dict[str, Candle], dict[tuple[str, str], Comoments]]:
+        """A wider candle's candles and comoments, from the narrower ones in it."""
+        parts = self._candles(connection, symbols, narrower, start, start + width_ms)
+        pair_parts = self._comoments(connection, symbols, narrower, start, start + width_ms)
+        return (
+            {symbol: candle_of(found, start) for symbol, found in parts.items()},
+            {pair: comoments_of(found) for pair, found in pair_parts.items()},
+        )
+
+    def _candles(
+        self, connection: sa.Connection, symbols: Iterable[str], width: int, start: int, end: int
+    ) -> dict[str, list[Candle]]:
+        columns = [candles.c[field.name] for field in dataclasses.fields(Candle)]
+        rows = connection.execute(
+            sa.select(candles.c.symbol, *columns)
             .where(
-                candles.c.symbol == symbol,
+                candles.c.symbol.in_(sorted(symbols)),
                 candles.c.width_s == width,
                 candles.c.start_ms >= start,
                 candles.c.start_ms < end,
             )
-            .order_by(candles.c.start_ms)
+            .order_by(candles.c.symbol, candles.c.start_ms)
         )
-        for row in rows:
-            yield Candle(*row)
+        found: dict[str, list[Candle]] = {}
+        for symbol, *values in rows:
+            found.setdefault(symbol, []).append(Candle(*values))
+        return found
+
+    def _comoments(
+        self, connection: sa.Connection, symbols: Iterable[str], width: int, start: int, end: int
+    ) -> dict[tuple[str, str], list[Comoments]]:
+        columns = [candle_pairs.c[field.name] for field in dataclasses.fields(Comoments)]
+        chosen = sorted(symbols)
+        rows = connection.execute(
+            sa.select(candle_pairs.c.symbol, candle_pairs.c.other, *columns).where(
+                candle_pairs.c.symbol.in_(chosen),
+                candle_pairs.c.other.in_(chosen),
+                candle_pairs.c.width_s == width,
+                candle_pairs.c.start_ms >= start,
+                candle_pairs.c.start_ms < end,
+            )
+        )
+        found: dict[tuple[str, str], list[Comoments]] = {}
+        for symbol, other, *values in rows:
+            found.setdefault((symbol, other), []).append(Comoments(*values))
+        return found
+
+    def statistics(
+        self, symbols: Sequence[str], start_ms: int, end_ms: int
+    ) -> tuple[dict[str, Candle], dict[tuple[str, str], Comoments]]:
+        """Over the whole minutes [start_ms, end_ms): each symbol's candle (of the candles
+        that have statistics) and each pair's comoments (keys in name order), added up
+        from the widest stored candles that fit."""
+        parts: dict[str, list[Candle]] = {}
+        pair_parts: dict[tuple[str, str], list[Comoments]] = {}
+        with self.engine.connect() as connection:
+            for width, start, end in covering(start_ms, end_ms):
+                for symbol, found in self._candles(connection, symbols, width, start, end).items():
+                    parts.setdefault(symbol, []).extend(c for c in found if c.sum_price is not None)
+                for pair, sums in self._comoments(connection, symbols, width, start, end).items():
+                    pair_parts.setdefault(pair, []).extend(sums)
+        return (
+            {symbol: candle_of(found, start_ms) for symbol, found in parts.items() if found},
+            {pair: comoments_of(found) for pair, found in pair_parts.items()},
+        )
 
     def latest(self) -> dict[str, Tick]:
         """Each symbol's newest tick stored."""
@@ -177,7 +413,7 @@ class HistoryStore:
     def candles(self, symbol: str, width: int, start_ms: int, end_ms: int) -> list[Candle]:
         """The stored candles of ``width`` seconds that start in [start_ms, end_ms)."""
         with self.engine.connect() as connection:
-            return list(self._candle_rows(connection, symbol, width, start_ms, end_ms))
+            return self._candles(connection, [symbol], width, start_ms, end_ms).get(symbol, [])
 
     def prune(self, ticks_before_ms: int) -> int:
         """Delete the ticks that started before ``ticks_before_ms``; how many."""
@@ -186,14 +422,11 @@ class HistoryStore:
         return deleted.rowcount
 
 
-def _row(tick: Tick) -> dict[str, object]:
-    return {
-        "symbol": tick.symbol,
-        "start_ms": tick.start_ms,
-        "tick_ms": tick.tick_ms,
-        "price": tick.price,
-    }
-
-
-def _fields(candle: Candle) -> dict[str, object]:
-    return {name: getattr(candle, name) for name in Candle.__slots__}
+def _upsert(insert: Any, table: sa.Table, row: type) -> Any:
+    """An insert of ``table`` that replaces the dataclass ``row``'s fields on conflict."""
+    statement = insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    fields = [field.name for field in dataclasses.fields(row) if field.name not in keys]
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={name: statement.excluded[name] for name in fields}
+    )
