@@ -75,16 +75,18 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: sa.Engine) -> tuple[str | None, str | None]:
-    """Bring the schema to the code's; (revision before, revision after). A SQLite
-    file's directory is made here (only here: a reader must not make one)."""
+def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the schema to the code's (or to an older ``revision``); (revision before,
+    revision after). A SQLite file's directory is made here (only here: a reader must
+    not make one)."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     with engine.begin() as connection:
         before = MigrationContext.configure(connection).get_current_revision()
-        command.upgrade(_alembic_config(connection), "head")
-    return before, head_revision()
+        command.upgrade(_alembic_config(connection), revision)
+        after = MigrationContext.configure(connection).get_current_revision()
+    return before, after
 
 
 def check_schema(engine: sa.Engine) -> None:

@@ -228,7 +228,7 @@ class HistoryStore:
                     ).tuples()
                 )
             self._roll_up(connection, kept)
-        return len({start for _, start, _ in kept})
+        return len({start - start % 60_000 for _, start, _ in kept})
 
     def _lock(self, connection: sa.Connection) -> None:
         if self._postgres:

@@ -100,6 +100,9 @@ class Recorder:
         due for the next call."""
         now = self.clock()
         if self.next_tick is None:
+            filled = self.store.fill_statistics()
+            if filled:
+                self.log.info("statistics filled in", minutes=filled)
             self.next_tick = self.resume_point(now)
             self.log.info("recording", from_tick=self.next_tick)
         current = self.tick_at(now)

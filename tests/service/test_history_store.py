@@ -233,3 +233,43 @@ def test_statistics_say_what_the_ticks_of_the_window_say(
             )
     finally:
         engine.dispose()
+
+
+def test_candles_from_before_revision_0002_get_statistics_from_the_ticks_kept(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        upgrade(engine, "0001")
+        kept = [
+            Tick(s, START + i * 3000, 3000, 100.0 + i * (s == "A")) for i in range(40) for s in "AB"
+        ]
+        # What revision 0001's recorder wrote: the ticks, and candles without sums; one of
+        # them a minute whose ticks have been pruned since.
+        rows = [
+            {"symbol": symbol, "width_s": width, **dataclasses.asdict(candle)}
+            for width in CANDLE_WIDTHS
+            for (symbol, _), candle in expected_candles(kept, width).items()
+        ]
+        pruned = Candle(START - 60_000, 1.0, 1.0, 1.0, 1.0, 1, START - 60_000, START - 60_000)
+        rows.append({"symbol": "A", "width_s": 60, **dataclasses.asdict(pruned)})
+        sums = ("sum_price", "returns", "sum_return", "sum_return_sq")
+        with engine.begin() as connection:
+            connection.execute(history_schema.ticks.insert(), [dataclasses.asdict(t) for t in kept])
+            connection.execute(
+                history_schema.candles.insert(),
+                [{k: v for k, v in row.items() if k not in sums} for row in rows],
+            )
+        upgrade(engine)
+        store = HistoryStore(engine)
+        assert store.fill_statistics() == 2  # the two minutes whose ticks are kept
+        for width in CANDLE_WIDTHS:
+            found = stored_candles(store, {"A", "B"}, width)
+            if width == 60:  # its ticks are gone: no statistics, rather than made-up ones
+                assert found.pop(("A", START - 60_000)) == pruned
+            assert_same_candles(found, expected_candles(kept, width))
+        (pair,) = store.statistics(["A", "B"], START, START + 120_000)[1].values()
+        assert pair.pairs == 39  # every tick of A and B but the first has a return
+        assert store.fill_statistics() == 0
+    finally:
+        engine.dispose()
