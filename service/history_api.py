@@ -1,9 +1,10 @@
 """The history endpoints: what was served, read from the history database.
 
 ``/v1/prices/<symbol>/history`` gives ticks (the newest ``limit``, or those of a range,
-paged with a cursor) and ``/v1/prices/<symbol>/candles`` candles of 1m, 5m, 15m, 1h or
-1d. A range's answer carries no response time, so the same range answers the same bytes
-for as long as its ticks are kept: its ETag is its body's, and a range that has ended is
+paged with a cursor), ``/v1/prices/<symbol>/candles`` candles of 1m, 5m, 15m, 1h or 1d,
+and ``/v1/stats`` each symbol's statistics over a window and their correlations. A
+range's answer carries no response time, so the same range answers the same bytes for as
+long as its ticks are kept: its ETag is its body's, and a range that has ended is
 cacheable for long. JSON by default, CSV to ``Accept: text/csv``. A database that does
 not answer is a 503 here and nowhere else.
 """
@@ -23,10 +24,10 @@ import flask
 import sqlalchemy as sa
 from werkzeug.http import parse_etags
 
-from service.api import known_symbol
+from service.api import known_symbol, requested_symbols
 from service.errors import ApiError
 from service.feed import HISTORY_MAX
-from service.history_store import Candle, Tick, candle_of
+from service.history_store import Candle, Comoments, Tick, candle_of
 from service.state import get_state
 
 bp = flask.Blueprint("history", __name__)
@@ -36,6 +37,10 @@ CANDLE_INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
 STORED_WIDTH = {"1m": 60, "5m": 60, "15m": 60, "1h": 3600, "1d": 86400}
 DEFAULT_CANDLES = 60  # without from: the last 60 candles
 MAX_CANDLES = 1500  # one answer: 24 h of 1m, or four years of 1d
+# Statistics windows, in whole minutes up to and including the one holding `to` (the
+# minute still open, by default): their candles add up to the answer.
+STATS_WINDOWS = {"1h": 3600, "24h": 86_400, "7d": 604_800}
+DEFAULT_STATS_WINDOW = "24h"
 CLOSED_MAX_AGE = 3600  # seconds a range that has ended may be cached
 UNAVAILABLE_RETRY_SECONDS = 5
 # What from and to may be (the OpenAPI document says the same): unix seconds, or RFC 3339's
@@ -259,4 +264,75 @@ def candles(symbol: str) -> flask.Response:
         rows = ([f[name] for name in header] for f in map(_candle_fields, found))
         return _respond(_csv(header, rows), "text/csv", max_age)
     document = {"symbol": symbol, "interval": interval, "candles": list(map(_candle_fields, found))}
+    return _respond(json.dumps(document, separators=(",", ":")), "application/json", max_age)
+
+
+def _statistics_fields(candle: Candle | None) -> dict[str, object]:
+    """A symbol's statistics over the window (nulls where it has no tick there)."""
+    if candle is None or candle.sum_price is None:
+        return {"ticks": 0, **dict.fromkeys(STATISTICS)}
+    change = candle.close - candle.open
+    return {
+        "ticks": candle.ticks,
+        "first": candle.open,
+        "last": candle.close,
+        "change": round(change, 2),
+        "change_pct": round(100 * change / candle.open, 4),
+        "min": candle.low,
+        "max": candle.high,
+        "mean": round(candle.sum_price / candle.ticks, 4),
+        "volatility": candle.volatility(),
+    }
+
+
+STATISTICS = ("first", "last", "change", "change_pct", "min", "max", "mean", "volatility")
+
+
+def _correlations(
+    symbols: Sequence[str], pairs: dict[tuple[str, str], Comoments], found: dict[str, Candle]
+) -> dict[str, dict[str, float | None]]:
+    """The matrix of the symbols' log-return correlations (1 on the diagonal, where a
+    symbol's returns vary; null where there are too few pairs to tell)."""
+    matrix: dict[str, dict[str, float | None]] = {}
+    for x in symbols:
+        row: dict[str, float | None] = {}
+        for y in symbols:
+            if x == y:
+                volatility = found[x].volatility() if x in found else None
+                row[y] = 1.0 if volatility else None
+            else:
+                sums = pairs.get((min(x, y), max(x, y)))
+                row[y] = sums.correlation() if sums is not None else None
+        matrix[x] = row
+    return matrix
+
+
+@bp.get("/v1/stats")
+def stats() -> flask.Response:
+    state = get_state()
+    symbols = requested_symbols(state)
+    args = flask.request.args
+    window = args.get("window", DEFAULT_STATS_WINDOW)
+    if window not in STATS_WINDOWS:
+        raise ApiError(400, "invalid_window", f"window must be one of {', '.join(STATS_WINDOWS)}.")
+    now = state.feed.now()
+    end = time_parameter("to", args.get("to"))
+    if end is None:  # up to now, the minute still open included
+        end_ms = (math.floor(now / 60) + 1) * 60_000
+    else:
+        end_ms = math.ceil(end * 1000 / 60_000) * 60_000
+    start_ms = end_ms - STATS_WINDOWS[window] * 1000
+    try:
+        found, pairs = state.history.statistics(symbols, start_ms, end_ms)
+    except sa.exc.SQLAlchemyError:
+        raise _unavailable() from None
+    document = {
+        "window": window,
+        "from": start_ms / 1000,
+        "to": end_ms / 1000,
+        "symbols": {symbol: _statistics_fields(found.get(symbol)) for symbol in symbols},
+        "correlation": _correlations(symbols, pairs, found),
+    }
+    closed = end_ms <= math.floor(now / 60) * 60_000  # the window's last minute has ended
+    max_age = CLOSED_MAX_AGE if closed else state.feed.fresh_seconds(now)
     return _respond(json.dumps(document, separators=(",", ":")), "application/json", max_age)

@@ -8,12 +8,14 @@ import csv
 import datetime
 import io
 import itertools
+import math
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import flask
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from service.backfill import backfill
@@ -25,10 +27,12 @@ from service.history_api import (
     EARLIEST,
     LATEST,
     MAX_CANDLES,
+    STATISTICS,
     TIME_SCHEMA,
     time_parameter,
 )
 from service.history_store import HistoryStore
+from service.prices import PriceModel
 from tests.conftest import PINNED_NOW, AppFactory
 
 TICK = 60.0  # a day is 1,441 ticks: quick to backfill, several hours and a day of candles
@@ -194,14 +198,14 @@ def test_a_bad_parameter_is_a_400_that_names_it_and_its_bound(
     | st.floats(0, 1e10).map(lambda seconds: f"{seconds:.3f}")
 )
 def test_any_time_parameter_is_a_time_in_bounds_or_a_400(raw: str) -> None:
+    refused: tuple[int | None, str] | None = None
     try:
         value = time_parameter("from", raw)
     except ApiError as error:
         refused = (error.code, error.error)
     else:
         assert value is not None and EARLIEST <= value <= LATEST
-        return
-    assert refused == (400, "invalid_from")
+    assert refused in (None, (400, "invalid_from"))
 
 
 def test_a_database_that_does_not_answer_fails_the_history_and_nothing_else(
@@ -214,6 +218,7 @@ def test_a_database_that_does_not_answer_fails_the_history_and_nothing_else(
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
     assert answer.get_json()["error"] == "history_unavailable"
     assert client.get("/v1/prices/BTC/candles").status_code == 503
+    assert client.get("/v1/stats").status_code == 503
     assert client.get("/v1/prices").status_code == 200
     assert client.get("/crypto-price").status_code == 200
 
@@ -221,8 +226,8 @@ def test_a_database_that_does_not_answer_fails_the_history_and_nothing_else(
 @given(st.datetimes(timezones=st.timezones()))
 def test_an_rfc_3339_time_is_the_instant_it_names(moment: datetime.datetime) -> None:
     text = moment.isoformat(timespec="microseconds")
-    if moment.utcoffset() is not None and moment.utcoffset().seconds % 60:  # type: ignore[union-attr]
-        return  # RFC 3339 offsets are whole minutes
+    offset = moment.utcoffset()
+    assume(offset is None or offset.seconds % 60 == 0)  # RFC 3339 offsets are whole minutes
     expected = min(max(moment.timestamp(), EARLIEST), LATEST)
     assert time_parameter("from", text) == pytest.approx(expected, abs=1e-6)
 
@@ -240,3 +245,122 @@ def test_the_document_describes_the_times_that_are_read() -> None:
         "2026-12-01t12:00:00+05:30",
     ]:
         assert checker.is_valid(text) and time_parameter("to", text) is not None
+
+
+def served_statistics(
+    stored: set[int], symbols: list[str], first: int, last: int
+) -> tuple[dict[str, dict[str, float]], dict[tuple[str, str], float]]:
+    """Straight from the price model (what the feed served), over the stored ticks from
+    first to last: the statistics and the correlations of the log returns."""
+    model = PriceModel(Settings().price_seed, Settings().symbols)
+    ticks = [tick for tick in range(first, last + 1) if tick in stored]
+    returns = {
+        symbol: {
+            tick: math.log(model.price(symbol, tick) / model.price(symbol, tick - 1))
+            for tick in ticks
+            if tick - 1 in stored
+        }
+        for symbol in symbols
+    }
+    found = {}
+    for symbol in symbols:
+        prices = [model.price(symbol, tick) for tick in ticks]
+        found[symbol] = {
+            "ticks": len(prices), "first": prices[0], "last": prices[-1], "min": min(prices),
+            "max": max(prices), "mean": statistics.fmean(prices),
+            "volatility": statistics.stdev(returns[symbol].values()),
+            "change_pct": 100 * (prices[-1] - prices[0]) / prices[0],
+        }  # fmt: skip
+    correlations = {
+        (x, y): statistics.correlation(list(returns[x].values()), list(returns[y].values()))
+        for x, y in itertools.combinations(symbols, 2)
+    }
+    return found, correlations
+
+
+@pytest.mark.parametrize(("window", "hours_before"), [("1h", 3), ("24h", 0)])
+def test_statistics_say_what_the_model_served_in_the_window(
+    recorded: Callable[..., flask.testing.FlaskClient], window: str, hours_before: int
+) -> None:
+    client = recorded()
+    to = (PINNED_NOW - hours_before * 3600) // 60 * 60  # a whole minute
+    answer = client.get(f"/v1/stats?symbols=ETH,BTC,SOL&window={window}&to={to:.0f}")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    seconds = {"1h": 3600, "24h": 86_400}[window]
+    assert (body["window"], body["from"], body["to"]) == (window, to - seconds, to)
+    assert list(body["symbols"]) == ["ETH", "BTC", "SOL"]  # as asked
+    stored = {int(point["tick"]) for point in all_ticks(client)}
+    first, last = math.ceil((to - seconds) / TICK), math.ceil(to / TICK) - 1
+    expected, correlations = served_statistics(stored, ["ETH", "BTC", "SOL"], first, last)
+    for symbol, want in expected.items():
+        got = body["symbols"][symbol]
+        assert got["ticks"] == want["ticks"] and got["ticks"] > 50
+        assert (got["first"], got["last"], got["min"], got["max"]) == (
+            want["first"], want["last"], want["min"], want["max"]
+        )  # fmt: skip
+        assert got["change"] == round(want["last"] - want["first"], 2)
+        assert got["change_pct"] == pytest.approx(want["change_pct"], abs=1e-4)
+        assert got["mean"] == pytest.approx(want["mean"], abs=1e-4)
+        assert got["volatility"] == pytest.approx(want["volatility"], rel=1e-9)
+    matrix = body["correlation"]
+    assert list(matrix) == ["ETH", "BTC", "SOL"]
+    for (x, y), want_r in correlations.items():
+        assert matrix[x][y] == matrix[y][x] == pytest.approx(want_r, rel=1e-9, abs=1e-12)
+    assert all(matrix[s][s] == 1.0 for s in matrix)
+
+
+def test_a_closed_window_answers_the_same_bytes_and_may_be_cached_long(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    query = f"/v1/stats?window=1h&to={PINNED_NOW - 7200:.0f}"
+    first = recorded().get(query)
+    later = recorded(PINNED_NOW + 600).get(query)
+    assert first.data == later.data and first.headers["Cache-Control"] == "max-age=3600"
+    again = recorded().get(query, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+
+
+def test_the_live_window_ends_with_the_minute_still_open(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    answer = recorded().get("/v1/stats?window=1h&symbols=BTC")
+    body = answer.get_json()
+    minute_end = (PINNED_NOW // 60 + 1) * 60
+    assert (body["from"], body["to"]) == (minute_end - 3600, minute_end)
+    newest = recorded().get("/v1/prices/BTC/history?limit=1").get_json()["prices"][-1]
+    assert body["symbols"]["BTC"]["last"] == newest["price"]  # the current tick's
+    assert answer.headers["Cache-Control"] == f"max-age={math.floor(TICK - PINNED_NOW % TICK)}"
+
+
+def test_a_window_without_ticks_has_nulls_not_zeros(
+    recorded: Callable[..., flask.testing.FlaskClient],
+) -> None:
+    body = recorded().get("/v1/stats?window=1h&symbols=BTC,ETH&to=1000000000").get_json()
+    assert body["symbols"]["BTC"] == {"ticks": 0, **dict.fromkeys(STATISTICS)}
+    assert body["correlation"] == {
+        "BTC": {"BTC": None, "ETH": None},
+        "ETH": {"BTC": None, "ETH": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error", "fragment"),
+    [
+        ("window=2h", 400, "invalid_window", "1h, 24h, 7d"),
+        ("window=", 400, "invalid_window", "1h, 24h, 7d"),
+        ("to=yesterday", 400, "invalid_to", "RFC 3339"),
+        ("symbols=BTC,XYZ", 404, "unknown_symbol", "valid symbols"),
+    ],
+)
+def test_a_bad_statistics_parameter_is_named(
+    recorded: Callable[..., flask.testing.FlaskClient],
+    query: str,
+    status: int,
+    error: str,
+    fragment: str,
+) -> None:
+    answer = recorded().get(f"/v1/stats?{query}")
+    assert answer.status_code == status
+    body = answer.get_json()
+    assert body["error"] == error and fragment in body["message"], body
