@@ -11,7 +11,10 @@ from service.history_api import (
     CANDLE_INTERVALS,
     DEFAULT_CANDLES,
     DEFAULT_HISTORY_LIMIT,
+    DEFAULT_STATS_WINDOW,
     MAX_CANDLES,
+    STATISTICS,
+    STATS_WINDOWS,
     TIME_SCHEMA,
     UNAVAILABLE_RETRY_SECONDS,
 )
@@ -75,10 +78,11 @@ def _json_text(schema: str) -> dict[str, Any]:
     return {"type": "string", "contentMediaType": JSON, "contentSchema": _ref(schema)}
 
 
-def _stored(description: str, schema: str) -> dict[str, Any]:
+def _stored(description: str, schema: str, csv: bool = True) -> dict[str, Any]:
     """The responses of a history endpoint: a poll's, CSV too, and a 503 of its own."""
     responses = _polled(description, schema)
-    responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    if csv:
+        responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
     responses["503"] = {
         **_error(
             "The history database is not answering (history_unavailable, Retry-After: "
@@ -314,6 +318,30 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 conditional=True,
                 keyed=True,
             ),
+            "/v1/stats": _get(
+                "Each symbol's statistics over a window of whole minutes up to and including "
+                "the one holding `to` (the minute still open, by default): first, last, "
+                "change, min, max, mean, volatility (the sample standard deviation of the "
+                "log returns from each tick to the next), and the correlation matrix of the "
+                "symbols' log returns (over the ticks where both have one).",
+                _stored("The statistics.", "Stats", csv=False),
+                [
+                    symbols_parameter,
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": list(STATS_WINDOWS),
+                            "default": DEFAULT_STATS_WINDOW,
+                        },
+                    },
+                    _time("to", "The window ends with the minute holding this"),
+                ],
+                conditional=True,
+                keyed=True,
+            ),
             "/healthz": _get(
                 "Liveness.",
                 {"200": {"description": "Alive.", "content": {JSON: {"schema": _ref("Status")}}}},
@@ -440,6 +468,40 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                         for name in ("open", "high", "low", "close")
                                     },
                                     "ticks": {"type": "integer", "minimum": 1},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Stats": {
+                    "type": "object",
+                    "required": ["window", "from", "to", "symbols", "correlation"],
+                    "properties": {
+                        "window": {"type": "string", "enum": list(STATS_WINDOWS)},
+                        "from": {"type": "number"},
+                        "to": {"type": "number"},
+                        "symbols": {
+                            "type": "object",
+                            "propertyNames": {"enum": symbols},
+                            "additionalProperties": {
+                                "type": "object",
+                                "required": ["ticks", *STATISTICS],
+                                "properties": {
+                                    "ticks": {"type": "integer", "minimum": 0},
+                                    **{name: {"type": ["number", "null"]} for name in STATISTICS},
+                                },
+                            },
+                        },
+                        "correlation": {
+                            "type": "object",
+                            "propertyNames": {"enum": symbols},
+                            "additionalProperties": {
+                                "type": "object",
+                                "propertyNames": {"enum": symbols},
+                                "additionalProperties": {
+                                    "type": ["number", "null"],
+                                    "minimum": -1,
+                                    "maximum": 1,
                                 },
                             },
                         },
