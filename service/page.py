@@ -17,6 +17,7 @@ bp = flask.Blueprint("page", __name__, static_folder="static", static_url_path="
 
 UPLOT_VERSION = "1.6.32"  # vendored by `make vendor` from npm, with its licence
 TRANSPORTS = ("poll", "long-poll", "sse", "websocket")
+RANGES = ("live", "1h", "24h", "7d")  # the history's ranges (static/history.js charts each)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -30,12 +31,17 @@ def index() -> flask.Response:
     transport = flask.request.args.get("transport", "poll")
     if transport not in TRANSPORTS:
         transport = "poll"
+    chosen_range = flask.request.args.get("range", "live")
+    if chosen_range not in RANGES:
+        chosen_range = "live"
     html = flask.render_template(
         "index.html",
         symbols=list(state.feed.symbols),
         tick_seconds=state.feed.tick_seconds,
         transport=transport,
         transports=TRANSPORTS,
+        range=chosen_range,
+        ranges=RANGES,
         uplot_version=UPLOT_VERSION,
     )
     response = flask.Response(html, mimetype="text/html")

@@ -94,6 +94,7 @@
     if (data[0].length > HISTORY) { data[0].shift(); data[1].shift(); }
     charts[symbol].setData(data);
     charts[symbol].root.parentElement.dataset.points = String(data[0].length);
+    document.dispatchEvent(new CustomEvent("price-point", { detail: { symbol, tick, price, updatedAt } }));
   }
 
   function show(documentBody, receivedAt) {

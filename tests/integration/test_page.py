@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
 
 from tests.integration.conftest import (
     ServiceFactory,
@@ -360,3 +361,153 @@ def test_a_page_polling_for_long_keeps_nothing_per_poll_and_shows_the_served_med
     match = re.fullmatch(r"(\d+) ms \(median\)", shown)
     assert match, shown
     assert abs(int(match.group(1)) - served_median) <= 25, (shown, into_tick)
+
+
+def percent(value: float) -> str:
+    """As the page writes a change."""
+    return f"{'+' if value >= 0 else '-'}{abs(value):.2f} %"
+
+
+def money(value: float) -> str:
+    return f"${value:.2f}"
+
+
+def shown_range(browser: webdriver.Chrome) -> dict[str, Any]:
+    """The comparison chart's range and points, its legend, and the statistics tables."""
+    shown: dict[str, Any] = browser.execute_script(
+        """
+        const chart = document.getElementById("comparison");
+        const cells = (row) => [...row.querySelectorAll("td")].map((c) => c.textContent);
+        const rows = (id) => Object.fromEntries(
+          [...document.querySelectorAll(`#${id} tbody tr`)]
+            .map((r) => [r.dataset.symbol, cells(r)]));
+        const notice = document.getElementById("history-notice");
+        return {
+          range: chart.dataset.range, points: Number(chart.dataset.points),
+          legend: Object.fromEntries([...document.querySelectorAll("#comparison-legend li")]
+            .map((item) => [item.dataset.symbol, item.textContent.split(" ").slice(1).join(" ")])),
+          window: document.getElementById("stats").dataset.window,
+          stats: rows("stats"), correlation: rows("correlation"),
+          notice: notice.hidden ? "" : notice.textContent,
+        };
+        """
+    )
+    return shown
+
+
+def asked(browser: webdriver.Chrome, fragment: str) -> list[str]:
+    """The URLs the page fetched that hold ``fragment``, in order."""
+    return [name for name in resources(browser) if fragment in name]
+
+
+def expected_stats_rows(stats: dict[str, Any]) -> dict[str, list[str]]:
+    rows = {}
+    for symbol, s in stats["symbols"].items():
+        rows[symbol] = [
+            money(s["first"]), money(s["last"]), percent(s["change_pct"]), money(s["min"]),
+            money(s["max"]), money(s["mean"]), f"{s['volatility'] * 100:.3f} %", str(s["ticks"]),
+        ]  # fmt: skip
+    return rows
+
+
+def test_each_range_charts_every_symbols_change_and_shows_its_statistics(
+    start_service: ServiceFactory, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    # A week and a bit of 5-minute ticks: every range has candles to chart.
+    history = recorded_database(tmp_path, 7.1, PRICE_TICK_SECONDS="300")
+    service = start_service(PRICE_TICK_SECONDS="300", DATABASE_URL=history)
+    browser.get(f"{service.url}/")
+    wait_until(lambda: shown_range(browser)["window"] == "1h", 10, "the live range's statistics")
+    for name, window in [("1h", "1h"), ("24h", "24h"), ("7d", "7d")]:
+        Select(browser.find_element(By.ID, "range")).select_by_value(name)
+        wanted = {"range": name, "window": window}
+        wait_until(
+            lambda: {k: shown_range(browser)[k] for k in wanted} == wanted,  # noqa: B023
+            10,
+            f"the {name} range",
+        )
+        shown = shown_range(browser)
+        assert shown["notice"] == "" and f"range={name}" in browser.current_url
+        # What the page shows against what the service answers to the same requests.
+        candles = {}
+        for symbol in service_symbols(service):
+            (url,) = asked(browser, f"/v1/prices/{symbol}/candles?interval")[-1:]
+            candles[symbol] = requests.get(url, timeout=5).json()["candles"]
+        starts = {c["start"] for found in candles.values() for c in found}
+        assert shown["points"] == len(starts) > 10
+        for symbol, found in candles.items():
+            change = (found[-1]["close"] / found[0]["open"] - 1) * 100
+            assert shown["legend"][symbol] == percent(change), symbol
+        stats = requests.get(asked(browser, "/v1/stats?")[-1], timeout=5).json()
+        assert stats["window"] == window
+        assert shown["stats"] == expected_stats_rows(stats)
+        matrix = stats["correlation"]
+        assert shown["correlation"] == {x: [f"{matrix[x][y]:.2f}" for y in matrix] for x in matrix}
+        # And the statistics say what the minutes of their window say.
+        minutes = [
+            candle
+            for start in range(int(stats["from"]), int(stats["to"]), 86_400)
+            for candle in requests.get(
+                f"{service.url}/v1/prices/BTC/candles?interval=1m&from={start}"
+                f"&to={min(start + 86_400, stats['to'])}",
+                timeout=5,
+            ).json()["candles"]
+        ]
+        btc = stats["symbols"]["BTC"]
+        assert (btc["first"], btc["last"]) == (minutes[0]["open"], minutes[-1]["close"])
+        assert (btc["min"], btc["max"]) == (
+            min(c["low"] for c in minutes),
+            max(c["high"] for c in minutes),
+        )
+        assert btc["ticks"] == sum(c["ticks"] for c in minutes)
+    assert errors_in_console(browser) == []
+
+
+def service_symbols(service: Any) -> list[str]:
+    return [
+        quote["symbol"]
+        for quote in requests.get(f"{service.url}/v1/prices", timeout=5).json()["prices"]
+    ]
+
+
+def test_the_live_range_compares_the_ticks_the_page_receives(
+    start_service: ServiceFactory, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    history = recorded_database(tmp_path, 0.001, PRICE_TICK_SECONDS=TICK)  # 86 ticks
+    service = start_service(PRICE_TICK_SECONDS=TICK, DATABASE_URL=history)
+    browser.get(f"{service.url}/?range=live")
+    wait_until(lambda: shown_range(browser)["points"] >= 60, 10, "the stored ticks compared")
+    ticks = int(state(browser)["ticks"][0])
+    wait_until(lambda: int(state(browser)["ticks"][0]) >= ticks + 2, 10, "two more ticks")
+    # The legend and the prices, read at one moment: each symbol's change since the first
+    # tick charted, against the service's own history of that tick.
+    first, shown, prices = browser.execute_script(
+        """return [Number(document.getElementById("comparison").dataset.from),
+           Object.fromEntries([...document.querySelectorAll("#comparison-legend li")]
+             .map((i) => [i.dataset.symbol, i.textContent.split(" ").slice(1).join(" ")])),
+           Object.fromEntries([...document.querySelectorAll(".quote")]
+             .map((c) => [c.dataset.symbol, c.querySelector(".price").textContent]))]"""
+    )
+    assert shown_range(browser)["points"] == 60  # the last 60 ticks, moving on
+    for symbol, text in prices.items():
+        (base,) = requests.get(
+            f"{service.url}/v1/prices/{symbol}/history?from={first}&limit=1", timeout=5
+        ).json()["prices"]
+        assert base["updated_at"] == first
+        assert shown[symbol] == percent((float(text[1:]) / base["price"] - 1) * 100), symbol
+    assert shown_range(browser)["window"] == "1h" and errors_in_console(browser) == []
+
+
+def test_a_history_database_that_does_not_answer_is_a_notice_and_prices_go_on(
+    start_service: ServiceFactory, browser: webdriver.Chrome
+) -> None:
+    nobody = f"postgresql://crypto@127.0.0.1:{free_port()}/history"  # refused at once
+    service = start_service(PRICE_TICK_SECONDS=TICK, DATABASE_URL=nobody)
+    browser.get(f"{service.url}/?range=24h")
+    wait_until(lambda: shown_range(browser)["notice"] != "", 10, "the history's notice")
+    assert "not answering" in shown_range(browser)["notice"]
+    ticks = state(browser)["ticks"][0]
+    wait_until(lambda: state(browser)["ticks"][0] != ticks, 5, "live prices all the same")
+    assert state(browser)["notice"] == ""
+    # The browser logs each 503 it was given; nothing else (no script error).
+    assert all("503" in entry["message"] for entry in errors_in_console(browser))
