@@ -289,6 +289,37 @@ def push_panels() -> list[timeseries.Panel | stat.Panel]:
     ]
 
 
+def history_panels() -> list[timeseries.Panel | stat.Panel]:
+    return [
+        graph(
+            "History recorder lag",
+            "Seconds since the end of the newest tick in the history database with every tick "
+            "before it (alert HistoryRecorderLagging over 2 minutes): about one tick when all "
+            "is well; growing while the database does not take writes.",
+            "s",
+            query(
+                "time() - max by (namespace, job) "
+                f"(crypto_history_recorded_through_timestamp_seconds{{{SEL}}})",
+                "{{job}}",
+            ),
+        ),
+        graph(
+            "History ticks written per second",
+            "Quotes (one symbol's tick each) the recorders write, those another replica wrote "
+            "first included: symbols / tick length per replica, more while catching up.",
+            "ops",
+            query(f"sum by (instance) (rate(crypto_history_ticks_written_total{{{SEL}}}{RATE}))"),
+        ),
+        graph(
+            "History write errors per second",
+            "Failed history writes (database down, slow or full): retried, the missed ticks "
+            "written once it takes writes again. Prices are served meanwhile.",
+            "ops",
+            query(f"sum by (instance) (rate(crypto_history_write_errors_total{{{SEL}}}{RATE}))"),
+        ),
+    ]
+
+
 def kubernetes_row() -> Row:
     pods = 'namespace=~"$namespace", pod=~"crypto-service.*"'
     row = Row(KUBERNETES_ROW)
@@ -382,6 +413,7 @@ def build() -> Dashboard:
         ("Latency and errors", latency_panels()),
         ("Prices, targets and clients", health_panels()),
         (PUSH_ROW, push_panels()),
+        ("Price history", history_panels()),
     ):
         dashboard = dashboard.with_row(Row(title))
         for panel in panels:
