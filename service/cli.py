@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     database.add_argument(
         "action", choices=["upgrade", "check"], help="upgrade: migrate to this code's schema"
     )
+    database.add_argument(
+        "--if-reachable",
+        action="store_true",
+        help="upgrade: a database that does not answer is said and is not a failure (exit 0; "
+        "the service serves prices meanwhile and its recorder waits for the database): for "
+        "an init container, which must not keep a pod from starting during an outage",
+    )
     fill = commands.add_parser("backfill", help="fill the history from the price model")
     fill.add_argument("--days", type=_days, required=True, help="how far back from now (0-3650)")
     args = parser.parse_args(argv)
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}={value}")
         return 0
     if args.command == "db":
-        return _database(settings, args.action)
+        return _database(settings, args.action, args.if_reachable)
     if args.command == "backfill":
         return _backfill(settings, args.days)
 
@@ -87,12 +94,21 @@ def _on_database(settings: Settings, work: Callable[[Any], None]) -> int:
     return 0
 
 
-def _database(settings: Settings, action: str) -> int:
+def _database(settings: Settings, action: str, if_reachable: bool = False) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from service import database
 
     def act(engine: Any) -> None:
         if action == "upgrade":
-            before, after = database.upgrade(engine)
+            try:
+                before, after = database.upgrade(engine)
+            except OperationalError as error:
+                if not if_reachable:
+                    raise
+                reason = str(error).splitlines()[0]
+                print(f"crypto-service: DATABASE_URL: not upgraded now: {reason}", file=sys.stderr)
+                return
             print(f"history schema: {before or 'none'} -> {after}")
         else:
             database.check_schema(engine)

@@ -18,6 +18,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 CONNECT_TIMEOUT_SECONDS = 3  # a database that does not answer is down, not slow
 SQLITE_BUSY_MS = 5000  # another process writing: wait this long for its lock
+MIGRATION_LOCK = 0x63727971  # PostgreSQL advisory lock id held while migrating
 
 
 class SchemaBehind(RuntimeError):
@@ -83,6 +84,8 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str 
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # replicas' init containers, one at a time
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(_alembic_config(connection), revision)
         after = MigrationContext.configure(connection).get_current_revision()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.database import create_engine
+from service.database import create_engine, head_revision
 from service.history_store import HistoryStore
 
 
@@ -39,7 +39,7 @@ def test_db_check_names_the_command_then_upgrade_fixes_it(
     assert main(["db", "check"]) == 1
     assert "run `crypto-service db upgrade`" in capsys.readouterr().err
     assert main(["db", "upgrade"]) == 0
-    assert capsys.readouterr().out == "history schema: none -> 0001\n"
+    assert capsys.readouterr().out == f"history schema: none -> {head_revision()}\n"
     assert main(["db", "check"]) == 0
 
 
@@ -83,3 +83,23 @@ def test_a_database_that_does_not_answer_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("crypto-service: DATABASE_URL: cannot use the database:")
     assert err.count("\n") == 1 and "hunter2" not in err
+
+
+def test_an_init_container_upgrade_lets_a_pod_start_while_the_database_is_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://prices:hunter2@127.0.0.1:1/prices")
+    assert main(["db", "upgrade", "--if-reachable"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("crypto-service: DATABASE_URL: not upgraded now:")
+    assert err.count("\n") == 1 and "hunter2" not in err
+    assert main(["db", "check", "--if-reachable"]) == 1  # only an upgrade may pass so
+
+
+def test_an_init_container_upgrade_of_a_database_that_answers_upgrades_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/h.sqlite3")
+    assert main(["db", "upgrade", "--if-reachable"]) == 0
+    assert main(["db", "check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("history schema: ")

@@ -3,6 +3,8 @@ both databases; a schema behind the code is named with the command that fixes it
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -18,6 +20,7 @@ from service.database import (
     upgrade,
 )
 from service.history_schema import metadata
+from tests.databases import PostgresServer
 
 
 def test_the_migrations_make_the_declared_tables(database_url: str) -> None:
@@ -67,3 +70,30 @@ def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
 )
 def test_postgresql_is_reached_through_psycopg_3(url: str, driver: str) -> None:
     assert sqlalchemy_url(url).drivername == driver
+
+
+def test_replicas_migrating_at_once_migrate_once(postgres: PostgresServer) -> None:
+    """Every replica's init container runs the upgrade as it starts: one at a time."""
+    url = postgres.new_database()
+    engines = [create_engine(url) for _ in range(4)]
+    start = threading.Barrier(len(engines))
+    outcomes: list[object] = []
+
+    def migrate(engine: sa.Engine) -> None:
+        start.wait()
+        try:
+            outcomes.append(upgrade(engine))
+        except Exception as error:  # what a race would raise: a table made twice
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for engine in engines:
+        engine.dispose()
+    head = head_revision()
+    assert sorted(map(str, outcomes)) == sorted(
+        [str((None, head))] + [str((head, head))] * (len(engines) - 1)
+    ), outcomes
