@@ -67,13 +67,21 @@ def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
     return matches[0]
 
 
-def container_environment(documents: list[dict[str, Any]], deployment: str) -> dict[str, str]:
-    """The app container's environment as the kubelet would build it: envFrom ConfigMaps
-    and Secrets first, then env entries (values or key references) over them."""
+def container_environment(
+    documents: list[dict[str, Any]], deployment: str, init: bool = False
+) -> dict[str, str]:
+    """The app container's (or its first init container's) environment as the kubelet
+    would build it: envFrom ConfigMaps and Secrets first, then env entries (values or key
+    references) over them; an optional reference to a Secret that is not there is left
+    out, a required one fails."""
     spec = find(documents, "Deployment", deployment)["spec"]["template"]["spec"]
-    container = spec["containers"][0]
+    container = spec["initContainers" if init else "containers"][0]
 
-    def data_of(kind: str, name: str) -> dict[str, str]:
+    def data_of(kind: str, name: str, optional: bool = False) -> dict[str, str]:
+        if optional and not any(
+            d["kind"] == kind and d["metadata"]["name"] == name for d in documents
+        ):
+            return {}
         source = find(documents, kind, name)
         return {**source.get("data", {}), **source.get("stringData", {})}
 
@@ -93,5 +101,7 @@ def container_environment(documents: list[dict[str, Any]], deployment: str) -> d
             env[entry["name"]] = data_of("ConfigMap", ref["name"])[ref["key"]]
         else:
             ref = reference["secretKeyRef"]
-            env[entry["name"]] = data_of("Secret", ref["name"])[ref["key"]]
+            found = data_of("Secret", ref["name"], ref.get("optional", False))
+            if ref["key"] in found or not ref.get("optional", False):
+                env[entry["name"]] = found[ref["key"]]
     return env

@@ -11,6 +11,7 @@ import yaml
 
 from deploy import prometheusrule
 from service.config import Settings
+from service.database import sqlalchemy_url
 from tests.deploy.conftest import (
     CRD_SCHEMAS,
     OVERLAYS,
@@ -33,6 +34,7 @@ BUILT_IN = {
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "NetworkPolicy",
+    "PersistentVolumeClaim",
 }
 
 
@@ -219,3 +221,90 @@ def test_each_kustomization_applied_alone_keeps_the_limit_exact(target: str) -> 
         assert find(documents, "Deployment", "crypto-service")["spec"]["replicas"] == 1
         assert settings.workers == 1 and settings.max_requests == 0
         assert not [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]
+
+
+def history_volume_is_writable(documents: list[dict[str, Any]]) -> bool:
+    """/data (the image's SQLite history) mounted in the app and its init container."""
+    pod = find(documents, "Deployment", "crypto-service")["spec"]["template"]["spec"]
+    return all(
+        "/data" in {m["mountPath"] for m in c["volumeMounts"]}
+        for c in [*pod["containers"], *pod["initContainers"]]
+    )
+
+
+def test_base_keeps_the_history_in_the_pods_own_sqlite_file(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    documents = render("base")
+    env = container_environment(documents, "crypto-service")
+    assert "DATABASE_URL" not in env  # no Secret: the image's default
+    assert Settings.from_env(env).database_url == "sqlite:///data/prices.sqlite3"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "DATABASE_URL=sqlite:////data/prices.sqlite3" in dockerfile
+    assert history_volume_is_writable(documents)
+
+
+@pytest.mark.parametrize("target", ["base", *OVERLAYS])
+def test_the_schema_is_migrated_before_the_app_starts_with_the_apps_database(
+    target: str,
+) -> None:
+    documents = render(target)
+    pod = find(documents, "Deployment", "crypto-service")["spec"]["template"]["spec"]
+    (migrate,) = pod["initContainers"]
+    assert [*migrate["command"], *migrate["args"]] == [
+        "crypto-service", "db", "upgrade", "--if-reachable"
+    ]  # fmt: skip
+    assert migrate["image"] == pod["containers"][0]["image"]
+    app = container_environment(documents, "crypto-service")
+    init = container_environment(documents, "crypto-service", init=True)
+    assert init.get("DATABASE_URL") == app.get("DATABASE_URL")
+    assert migrate["securityContext"] == pod["containers"][0]["securityContext"]
+    assert history_volume_is_writable(documents)
+
+
+def test_dev_runs_one_postgresql_that_only_the_app_reaches(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    documents = rendered["dev"]
+    url = sqlalchemy_url(container_environment(documents, "crypto-service")["DATABASE_URL"])
+    assert url.host is not None
+    service = find(documents, "Service", url.host)
+    assert [p["port"] for p in service["spec"]["ports"]] == [url.port]
+    postgres = find(documents, "Deployment", url.host)["spec"]["template"]
+    assert service["spec"]["selector"].items() <= postgres["metadata"]["labels"].items()
+    env = container_environment(documents, url.host)
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
+        url.username, url.password, url.database
+    )  # fmt: skip
+    policy = find(documents, "NetworkPolicy", url.host)["spec"]
+    assert policy["ingress"] == [
+        {
+            "from": [
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "crypto-service"}}}
+            ],
+            "ports": [{"port": url.port, "protocol": "TCP"}],
+        }
+    ]
+    app_policy = find(documents, "NetworkPolicy", "crypto-service")["spec"]
+    assert {"ports": [{"port": url.port, "protocol": "TCP"}]} in app_policy["egress"]
+
+
+def test_prod_requires_the_shared_history_database(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    documents = rendered["prod"]
+    pod = find(documents, "Deployment", "crypto-service")["spec"]["template"]["spec"]
+    references = [
+        entry["valueFrom"]["secretKeyRef"]
+        for container in [*pod["containers"], *pod["initContainers"]]
+        for entry in container["env"]
+        if entry["name"] == "DATABASE_URL"
+    ]
+    assert (
+        references
+        == [{"name": "crypto-service-database", "key": "DATABASE_URL", "optional": False}] * 2
+    )
+    url = container_environment(documents, "crypto-service")["DATABASE_URL"]
+    assert sqlalchemy_url(url).drivername.startswith("postgresql")
+    text = (ROOT / "k8s" / "overlays" / "prod" / "database-secret.example.yaml").read_text()
+    assert "EXAMPLE ONLY" in text and "replace-me" in text
