@@ -29,7 +29,8 @@ from service.metrics import HistoryMetrics
 from service.prices import PriceModel
 
 TICKS_PER_WRITE = 500  # ticks of every symbol written in one transaction when catching up
-RETRY_SECONDS = (1, 2, 5, 10, 30)  # after a failed write, by consecutive failures
+RETRY_SECONDS = (1, 2, 5, 10)  # after a failed write, by consecutive failures: 10 s at most, so
+# that the ticks missed are written within 10 s of the database taking writes again
 ERROR_LOG_SECONDS = 30.0  # at most one error line this often (the count is in the metrics)
 PRUNE_EVERY_SECONDS = 600.0
 PARENT_CHECK_SECONDS = 1.0  # how soon the recorder notices that its master is gone

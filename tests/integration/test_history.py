@@ -8,10 +8,17 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import requests
 
+from service.config import Settings
+from service.database import create_engine
+from service.history_store import HistoryStore
+from tests.databases import PostgresServer
 from tests.integration.conftest import ServiceFactory, recorded_database, wait_until
 
 TICK = 1.0
@@ -104,3 +111,92 @@ def test_the_recorder_stops_when_its_master_is_killed(start_service: ServiceFact
     # gunicorn's own check of their parent).
     wait_until(lambda: gone(recorder), 10, "the recorder to exit after its master")
     wait_until(lambda: all(map(gone, workers)), 10, "the workers to exit after their master")
+
+
+RUN_SECONDS = float(os.environ.get("HISTORY_RUN_SECONDS", "60"))  # 300: the issue's run
+
+
+def migrated(url: str) -> str:
+    """``crypto-service db upgrade`` of DATABASE_URL, as an operator (or init container)."""
+    command = str(Path(sys.executable).parent / "crypto-service")
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": url}
+    subprocess.run([command, "db", "upgrade"], env=env, check=True, capture_output=True)
+    return url
+
+
+def stored_ticks(url: str, first_ms: int, end_ms: int) -> dict[str, list[int]]:
+    """Each symbol's stored tick starts in [first_ms, end_ms), read from the database."""
+    engine = create_engine(url)
+    try:
+        store = HistoryStore(engine)
+        return {
+            symbol: [t.start_ms for t in store.ticks(symbol, first_ms, end_ms, 10**6)]
+            for symbol in Settings().symbols
+        }
+    finally:
+        engine.dispose()
+
+
+def test_two_replicas_on_one_postgresql_store_each_tick_once_through_a_kill(
+    start_service: ServiceFactory, postgres: PostgresServer
+) -> None:
+    env = {
+        "DATABASE_URL": migrated(postgres.new_database()),
+        "PRICE_TICK_SECONDS": "1",
+        "RATE_LIMIT": "100000/minute",
+    }
+    killed, steady = start_service(**env), start_service(**env)
+    started = time.time()
+    time.sleep(RUN_SECONDS / 3)
+    doomed = {killed.process.pid, *killed.children()}
+    killed.process.kill()  # SIGKILL: no goodbye, a write maybe half done
+    killed.process.wait(5)
+    wait_until(lambda: all(map(gone, doomed)), 10, "the killed replica's processes to exit")
+    time.sleep(5)
+    restarted = start_service(**env)
+    time.sleep(max(0.0, started + RUN_SECONDS - time.time()))
+    ended = time.time()
+    first_ms, end_ms = math.ceil(started) * 1000, math.floor(ended) * 1000
+
+    def all_written() -> bool:
+        return all(
+            len(starts) == (end_ms - first_ms) // 1000
+            for starts in stored_ticks(env["DATABASE_URL"], first_ms, end_ms).values()
+        )
+
+    wait_until(all_written, 15, "every tick of the run stored")
+    for symbol, starts in stored_ticks(env["DATABASE_URL"], first_ms, end_ms).items():
+        assert starts == list(range(first_ms, end_ms, 1000)), symbol  # once each, no gap
+    # Both replicas answer the same bytes: the ticks, and the minutes' candles that closed.
+    minute = math.floor(ended / 60) * 60
+    for query in (
+        f"/v1/prices/BTC/history?from={first_ms / 1000}&to={end_ms / 1000}&limit=1000",
+        f"/v1/prices/ETH/history?from={first_ms / 1000}&to={end_ms / 1000}&limit=1000",
+        f"/v1/prices/SOL/candles?interval=1m&from={minute - 600}&to={minute}",
+        f"/v1/prices/BTC/candles?interval=1h&from={minute - 7200}&to={minute + 60}",
+        f"/v1/stats?window=1h&to={minute}",
+    ):
+        one, other = (requests.get(s.url + query, timeout=5) for s in (restarted, steady))
+        assert one.status_code == other.status_code == 200, query
+        assert one.content == other.content, query
+    # And the candles say what the stored ticks say.
+    engine = create_engine(env["DATABASE_URL"])
+    try:
+        store = HistoryStore(engine)
+        for symbol in ("BTC", "XRP"):
+            ticks = store.ticks(symbol, first_ms - first_ms % 60_000, end_ms, 10**6)
+            closed = end_ms - end_ms % 60_000  # the minutes that ended before the run did
+            for candle in store.candles(symbol, 60, first_ms - first_ms % 60_000, closed):
+                inside = [
+                    t for t in ticks if candle.start_ms <= t.start_ms < candle.start_ms + 60_000
+                ]
+                prices = [t.price for t in inside]
+                assert (candle.open, candle.close, candle.high, candle.low, candle.ticks) == (
+                    prices[0],
+                    prices[-1],
+                    max(prices),
+                    min(prices),
+                    len(prices),
+                ), (symbol, candle.start_ms)
+    finally:
+        engine.dispose()
