@@ -8,7 +8,7 @@ import glob
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,9 @@ class PostgresServer:
         self.pg_ctl("-w", "-m", "fast", "stop")
 
 
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Generator[PostgresServer, None, None]:
     directory = tmp_path_factory.mktemp("postgres")
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")

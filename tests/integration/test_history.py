@@ -10,15 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from service.config import Settings
 from service.database import create_engine
 from service.history_store import HistoryStore
-from tests.databases import PostgresServer
+from tests.databases import PostgresServer, postgres_server
 from tests.integration.conftest import ServiceFactory, recorded_database, wait_until
 
 TICK = 1.0
@@ -200,3 +202,102 @@ def test_two_replicas_on_one_postgresql_store_each_tick_once_through_a_kill(
                 ), (symbol, candle.start_ms)
     finally:
         engine.dispose()
+
+
+OUTAGE_SECONDS = 30.0
+
+
+class PriceLoad:
+    """Pollers timing every price request, and an event stream noting each tick pushed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, int, float]] = []  # (sent at, status, seconds)
+        self.pushed: list[int] = []
+        self.threads = [
+            threading.Thread(target=self.poll, args=("/v1/prices",)),
+            threading.Thread(target=self.poll, args=("/crypto-price?symbol=ETH",)),
+            threading.Thread(target=self.stream),
+        ]
+
+    def __enter__(self) -> PriceLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+    def poll(self, path: str) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                status = session.get(self.url + path, timeout=10).status_code
+                self.answers.append((time.time(), status, time.monotonic() - sent))
+                self.stop.wait(0.1)
+
+    def stream(self) -> None:
+        with requests.get(f"{self.url}/v1/prices/stream", stream=True, timeout=10) as response:
+            for line in response.iter_lines():
+                if line.startswith(b"id: "):
+                    self.pushed.append(int(line[4:]))
+                if self.stop.is_set():
+                    return
+
+    def latencies(self, start: float, end: float) -> list[float]:
+        return sorted(seconds for sent, _, seconds in self.answers if start <= sent < end)
+
+
+def quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def test_postgresql_stopped_for_30_s_costs_the_price_requests_nothing_and_history_no_tick(
+    start_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    servers = postgres_server(tmp_path_factory)  # its own: this test stops it
+    server = next(servers)
+    try:
+        url = migrated(server.new_database())
+        service = start_service(
+            DATABASE_URL=url, PRICE_TICK_SECONDS="1", RATE_LIMIT="1000000/minute"
+        )
+        with PriceLoad(service.url) as load:
+            time.sleep(15)
+            down = time.time()
+            server.stop()
+            time.sleep(1)
+            during_outage = requests.get(f"{service.url}/v1/prices/BTC/history", timeout=10)
+            time.sleep(max(0.0, down + OUTAGE_SECONDS - time.time()))
+            server.start()
+            up = time.time()
+            time.sleep(5)
+        assert {status for _, status, _ in load.answers} == {200}  # every price request
+        before, outage = load.latencies(up - 60, down), load.latencies(down, up)
+        assert len(before) > 100 and len(outage) > 200
+        # Unchanged: nothing a price request does waits for the database (a request that
+        # did would take its connect timeout, seconds).
+        assert quantile(outage, 0.5) <= 1.5 * quantile(before, 0.5) + 0.005, (before, outage)
+        assert quantile(outage, 0.99) <= 2 * quantile(before, 0.99) + 0.05, (before, outage)
+        assert load.pushed == list(range(load.pushed[0], load.pushed[-1] + 1))  # every tick
+        assert during_outage.status_code == 503
+        assert during_outage.json()["error"] == "history_unavailable"
+        first_ms, end_ms = math.ceil(down - 10) * 1000, math.floor(up + 2) * 1000
+
+        def caught_up() -> bool:
+            return all(
+                len(starts) == (end_ms - first_ms) // 1000
+                for starts in stored_ticks(url, first_ms, end_ms).values()
+            )
+
+        wait_until(caught_up, 15, "the ticks missed during the outage written")
+        for symbol, starts in stored_ticks(url, first_ms, end_ms).items():
+            assert starts == list(range(first_ms, end_ms, 1000)), symbol  # no gap
+        assert service.metric("crypto_history_write_errors_total") >= 3  # and counted
+        logged = [line for line in service.logs().splitlines() if "history write failed" in line]
+        assert 1 <= len(logged) <= 2  # at most one line in 30 s
+    finally:
+        servers.close()
