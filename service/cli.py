@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     fill = commands.add_parser("backfill", help="fill the history from the price model")
     fill.add_argument("--days", type=_days, required=True, help="how far back from now (0-3650)")
+    fill.add_argument(
+        "--processes",
+        type=int,
+        choices=range(1, 65),
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="compute the prices in N processes (default: one per CPU)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "db":
         return _database(settings, args.action, args.if_reachable)
     if args.command == "backfill":
-        return _backfill(settings, args.days)
+        return _backfill(settings, args.days, args.processes)
 
     from gunicorn.app.wsgiapp import WSGIApplication
 
@@ -117,7 +125,7 @@ def _database(settings: Settings, action: str, if_reachable: bool = False) -> in
     return _on_database(settings, act)
 
 
-def _backfill(settings: Settings, days: float) -> int:
+def _backfill(settings: Settings, days: float, processes: int = 1) -> int:
     from service import database
     from service.backfill import backfill
     from service.history_store import HistoryStore
@@ -129,7 +137,7 @@ def _backfill(settings: Settings, days: float) -> int:
     def fill(engine: Any) -> None:
         database.check_schema(engine)
         started = time.monotonic()
-        stored = backfill(settings, HistoryStore(engine), days, progress)
+        stored = backfill(settings, HistoryStore(engine), days, progress, processes=processes)
         print(f"backfill: {stored:,} quotes stored in {time.monotonic() - started:.1f} s")
 
     return _on_database(settings, fill)

@@ -36,6 +36,38 @@ PRUNE_EVERY_SECONDS = 600.0
 PARENT_CHECK_SECONDS = 1.0  # how soon the recorder notices that its master is gone
 
 
+class ServedTicks:
+    """What the workers' feeds serve at each tick, as history rows."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.symbols = settings.symbols
+        self.feed = PriceFeed(
+            PriceModel(settings.price_seed, settings.symbols),
+            list(settings.symbols),
+            settings.price_tick_seconds,
+            clock=clock,
+        )
+        self.tick_seconds = settings.price_tick_seconds
+        self.tick_ms = round(self.tick_seconds * 1000)
+
+    def tick_at(self, now: float) -> int:
+        return self.feed.tick_at(now)
+
+    def start_ms(self, tick: int) -> int:
+        return round(tick * self.tick_seconds * 1000)
+
+    def quotes(self, tick: int) -> list[Tick]:
+        """The tick's quotes of every symbol."""
+        now = self.clock()
+        served = (self.feed.at_tick(symbol, tick, now) for symbol in self.feed.symbols)
+        return [Tick(q.symbol, self.start_ms(tick), self.tick_ms, q.price) for q in served]
+
+    def between(self, first: int, last: int) -> list[Tick]:
+        """The quotes of the ticks from ``first`` to ``last``, oldest first."""
+        return [quote for tick in range(first, last + 1) for quote in self.quotes(tick)]
+
+
 class Recorder:
     """What to write next, and writing it."""
 
@@ -50,31 +82,17 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.feed = PriceFeed(
-            PriceModel(settings.price_seed, settings.symbols),
-            list(settings.symbols),
-            settings.price_tick_seconds,
-            clock=clock,
-        )
+        self.served = ServedTicks(settings, clock)
         self.tick_seconds = settings.price_tick_seconds
-        self.tick_ms = round(self.tick_seconds * 1000)
+        self.tick_ms = self.served.tick_ms
+        self.tick_at = self.served.tick_at
+        self.start_ms = self.served.start_ms
+        self.quotes = self.served.quotes
         self.next_tick: int | None = None  # the oldest tick not yet written
         self.failures = 0
         self._logged_error_at = -math.inf
         self._pruned_at = -math.inf
         self.log = get_logger("service.recorder")
-
-    def tick_at(self, now: float) -> int:
-        return self.feed.tick_at(now)
-
-    def start_ms(self, tick: int) -> int:
-        return round(tick * self.tick_seconds * 1000)
-
-    def quotes(self, tick: int) -> list[Tick]:
-        """The tick's quotes of every symbol, as the workers' feeds serve them."""
-        now = self.clock()
-        served = (self.feed.at_tick(symbol, tick, now) for symbol in self.feed.symbols)
-        return [Tick(q.symbol, self.start_ms(tick), self.tick_ms, q.price) for q in served]
 
     def resume_point(self, now: float) -> int:
         """The first tick to write: after the newest stored, when it is this model's and
@@ -110,7 +128,7 @@ class Recorder:
         written = 0
         while self.next_tick <= current:
             last = min(current, self.next_tick + TICKS_PER_WRITE - 1)
-            rows = [q for tick in range(self.next_tick, last + 1) for q in self.quotes(tick)]
+            rows = self.served.between(self.next_tick, last)
             written += self.store.record(rows)
             self.metrics.count_written(len(rows))
             self.next_tick = last + 1
