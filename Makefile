@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale deflate vendor hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale deflate history-bench vendor hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -71,6 +71,12 @@ compare: install
 # restart under 5,000 streams; the clients in their own process. Writes bench/scale.json.
 scale: install
 	$(BIN)/python -m bench.scale
+
+# The price history at 30 days of 3 s ticks for 4 symbols (3.5 million rows) in SQLite and
+# PostgreSQL: backfill time, size per million ticks, every history query timed. Writes
+# bench/history.json and bench/HISTORY.md (about 20 minutes).
+history-bench: install
+	$(BIN)/python -m bench.history
 
 # permessage-deflate on and off for the pushed documents: bytes and CPU per message.
 # Writes bench/deflate.json.

@@ -7,16 +7,23 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from service.config import Settings
-from service.history_store import HistoryStore, Tick
+from service.history_store import Tick
 from service.recorder import TICKS_PER_WRITE, ServedTicks
+
+
+class Recording(Protocol):
+    """Where a backfill writes: a HistoryStore, or anything that records like one."""
+
+    def record(self, rows: Sequence[Tick]) -> int: ...
 
 
 def backfill(
     settings: Settings,
-    store: HistoryStore,
+    store: Recording,
     days: float,
     progress: Callable[[int, int], None] | None = None,
     clock: Callable[[], float] = time.time,

@@ -77,7 +77,7 @@ def pinned(make_app: AppFactory) -> flask.testing.FlaskClient:
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """Debian's PostgreSQL in a temporary directory, for the session."""
-    yield from postgres_server(tmp_path_factory)
+    yield from postgres_server(tmp_path_factory.mktemp("postgres"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

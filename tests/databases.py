@@ -74,10 +74,9 @@ class PostgresServer:
         self.pg_ctl("-w", "-m", "fast", "stop")
 
 
-def postgres_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Generator[PostgresServer, None, None]:
-    directory = tmp_path_factory.mktemp("postgres")
+def postgres_server(directory: Path) -> Generator[PostgresServer, None, None]:
+    """A PostgreSQL server made in ``directory`` (empty), running until the generator is
+    closed."""
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
         os.chmod(directory, 0o755)

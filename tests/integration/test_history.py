@@ -258,7 +258,7 @@ def quantile(values: list[float], q: float) -> float:
 def test_postgresql_stopped_for_30_s_costs_the_price_requests_nothing_and_history_no_tick(
     start_service: ServiceFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    servers = postgres_server(tmp_path_factory)  # its own: this test stops it
+    servers = postgres_server(tmp_path_factory.mktemp("postgres"))  # its own: it is stopped
     server = next(servers)
     try:
         url = migrated(server.new_database())
