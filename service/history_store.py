@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.greenlets import off_the_loop
 from service.history_schema import candle_pairs, candles, ticks
 
 CANDLE_WIDTHS = (60, 3600, 86400)  # seconds: what is stored; 5m and 15m are read from 1m
 ROWS_PER_STATEMENT = 1000  # SQLite binds at most 32,766 values in one statement
+T = TypeVar("T")
 WRITER_LOCK = 0x63727970  # PostgreSQL advisory lock id ("cryp") held while writing
 
 
@@ -192,6 +194,17 @@ class HistoryStore:
         self._upsert_pairs = _upsert(insert, candle_pairs, Comoments)
         # The symbols stored, for the comoments of a minute (read once: a full scan).
         self._symbols: set[str] | None = None
+
+    def _read(self, work: Callable[[sa.Connection], T]) -> T:
+        """``work`` on a connection. SQLite's calls block without yielding to gevent: under
+        the gevent worker they run in a thread of its pool, and the streams and polls of
+        the worker go on meanwhile (psycopg 3 yields by itself)."""
+
+        def read() -> T:
+            with self.engine.connect() as connection:
+                return work(connection)
+
+        return read() if self._postgres else off_the_loop(read)
 
     def record(self, rows: Sequence[Tick]) -> int:
         """Write these ticks and roll them up; the number that were not there yet."""
@@ -369,12 +382,15 @@ class HistoryStore:
         from the widest stored candles that fit."""
         parts: dict[str, list[Candle]] = {}
         pair_parts: dict[tuple[str, str], list[Comoments]] = {}
-        with self.engine.connect() as connection:
+
+        def read(connection: sa.Connection) -> None:
             for width, start, end in covering(start_ms, end_ms):
                 for symbol, found in self._candles(connection, symbols, width, start, end).items():
                     parts.setdefault(symbol, []).extend(c for c in found if c.sum_price is not None)
                 for pair, sums in self._comoments(connection, symbols, width, start, end).items():
                     pair_parts.setdefault(pair, []).extend(sums)
+
+        self._read(read)
         return (
             {symbol: candle_of(found, start_ms) for symbol, found in parts.items() if found},
             {pair: comoments_of(found) for pair, found in pair_parts.items()},
@@ -391,8 +407,7 @@ class HistoryStore:
             newest,
             sa.and_(ticks.c.symbol == newest.c.symbol, ticks.c.start_ms == newest.c.start_ms),
         )
-        with self.engine.connect() as connection:
-            return {row.symbol: Tick(*row) for row in connection.execute(query)}
+        return self._read(lambda c: {row.symbol: Tick(*row) for row in c.execute(query)})
 
     def ticks(
         self, symbol: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
@@ -407,13 +422,13 @@ class HistoryStore:
             .order_by(order)
             .limit(limit)
         )
-        with self.engine.connect() as connection:
-            return [Tick(*row) for row in connection.execute(query)]
+        return self._read(lambda c: [Tick(*row) for row in c.execute(query)])
 
     def candles(self, symbol: str, width: int, start_ms: int, end_ms: int) -> list[Candle]:
         """The stored candles of ``width`` seconds that start in [start_ms, end_ms)."""
-        with self.engine.connect() as connection:
-            return self._candles(connection, [symbol], width, start_ms, end_ms).get(symbol, [])
+        return self._read(
+            lambda c: self._candles(c, [symbol], width, start_ms, end_ms).get(symbol, [])
+        )
 
     def prune(self, ticks_before_ms: int) -> int:
         """Delete the ticks that started before ``ticks_before_ms``; how many."""

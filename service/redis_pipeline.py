@@ -17,25 +17,16 @@ for, and :func:`script_caller` gives redis-py's own ``Script`` instead.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
+from service.greenlets import cooperative
+
 Command = tuple[Sequence[str], Sequence[str | int]]  # a script's keys and arguments
 ScriptCaller = Callable[[Sequence[str], Sequence[str | int]], Any]
-
-
-def cooperative() -> bool:
-    """Whether this process runs on gevent's monkey-patched sockets (gunicorn's gevent
-    worker patches them before it loads the app)."""
-    if "gevent" not in sys.modules:
-        return False
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("socket"))
 
 
 def script_caller(client: redis.Redis, script: bytes) -> ScriptCaller:

@@ -62,10 +62,14 @@ def test_a_restart_with_other_settings_keeps_the_history_that_was_served(
         f"/v1/prices/ETH/history?from={start - 300}&to={end}&limit=1000",
         f"/v1/prices/BTC/candles?interval=1m&from={closed - 300}&to={closed}",
         f"/v1/prices/SOL/candles?interval=5m&from={closed - 300}&to={closed}",
+        f"/v1/stats?window=1h&to={closed}",
     ]
     answers = [requests.get(before.url + query, timeout=5).content for query in queries]
-    sizes = [len(next(v for v in json.loads(a).values() if isinstance(v, list))) for a in answers]
+    sizes = [
+        len(next(v for v in json.loads(a).values() if isinstance(v, list))) for a in answers[:4]
+    ]
     assert sizes[0] == sizes[1] >= 300 and sizes[2] == 5 and sizes[3] == 1, sizes
+    assert json.loads(answers[4])["symbols"]["XRP"]["ticks"] >= 300
     assert stored(before.url, start, end) == {t: p for t, p in served.items() if t < start + 5}
     assert before.stop() == 0
 

@@ -12,8 +12,9 @@ import gevent
 import pytest
 import redis
 
+from service.greenlets import cooperative
 from service.limiting import INCR_EXPIRE_PTTL
-from service.redis_pipeline import PipelinedScript, cooperative, script_caller
+from service.redis_pipeline import PipelinedScript, script_caller
 from tests.integration.conftest import HOST, RedisServer, free_port, redis_reads
 
 WINDOW = 60

@@ -4,6 +4,7 @@ say whatever order and batches the ticks came in."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,6 +22,21 @@ from service.history_store import CANDLE_WIDTHS, Candle, Comoments, HistoryStore
 
 K = TypeVar("K")
 START = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000  # a day's start, in ms
+
+
+@contextlib.contextmanager
+def empty_store(database_url: str) -> Iterator[HistoryStore]:
+    """A store on ``database_url`` with every history table empty (a property test's
+    examples share one database)."""
+    engine = create_engine(database_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as connection:
+            for table in reversed(history_schema.metadata.sorted_tables):
+                connection.execute(table.delete())
+        yield HistoryStore(engine)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -130,17 +146,7 @@ ticks_strategy = st.lists(
 def test_candles_say_what_the_ticks_say_in_any_order_and_batches(
     database_url: str, ticks: list[Tick], seed: int
 ) -> None:
-    engine = create_engine(database_url)
-    try:
-        upgrade(engine)
-        store = HistoryStore(engine)
-        with engine.begin() as connection:  # each example starts empty
-            for table in (
-                history_schema.candle_pairs,
-                history_schema.candles,
-                history_schema.ticks,
-            ):
-                connection.execute(table.delete())
+    with empty_store(database_url) as store:  # each example starts empty
         shuffled = list(ticks)
         random.Random(seed).shuffle(shuffled)
         at = 0
@@ -153,8 +159,6 @@ def test_candles_say_what_the_ticks_say_in_any_order_and_batches(
             assert_same_candles(
                 stored_candles(store, symbols, width), expected_candles(ticks, width)
             )
-    finally:
-        engine.dispose()
 
 
 def test_pruning_deletes_old_ticks_and_keeps_their_candles(store: HistoryStore) -> None:
@@ -209,17 +213,7 @@ def expected_statistics(
 def test_statistics_say_what_the_ticks_of_the_window_say(
     database_url: str, ticks: list[Tick], window: tuple[int, int]
 ) -> None:
-    engine = create_engine(database_url)
-    try:
-        upgrade(engine)
-        store = HistoryStore(engine)
-        with engine.begin() as connection:  # each example starts empty
-            for table in (
-                history_schema.candle_pairs,
-                history_schema.candles,
-                history_schema.ticks,
-            ):
-                connection.execute(table.delete())
+    with empty_store(database_url) as store:  # each example starts empty
         store.record(ticks)
         candles, pairs = store.statistics(SYMBOLS, *window)
         want_candles, want_pairs = expected_statistics(ticks, *window)
@@ -231,8 +225,6 @@ def test_statistics_say_what_the_ticks_of_the_window_say(
             assert dataclasses.astuple(sums) == pytest.approx(
                 dataclasses.astuple(want), rel=1e-9, abs=1e-12
             )
-    finally:
-        engine.dispose()
 
 
 def test_candles_from_before_revision_0002_get_statistics_from_the_ticks_kept(
