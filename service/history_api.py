@@ -215,12 +215,14 @@ def _candle_fields(candle: Candle) -> dict[str, object]:
     }
 
 
-def grouped(stored: Sequence[Candle], width_ms: int) -> list[Candle]:
-    """Stored candles (in start order) as candles ``width_ms`` wide."""
+def grouped(stored: Sequence[Candle], width_ms: int, stored_ms: int) -> list[Candle]:
+    """Stored candles ``stored_ms`` wide (in start order) as candles ``width_ms`` wide."""
+    if width_ms == stored_ms:
+        return list(stored)
     groups: dict[int, list[Candle]] = {}
     for candle in stored:
         groups.setdefault(candle.start_ms - candle.start_ms % width_ms, []).append(candle)
-    return [candle_of(parts, start) for start, parts in groups.items()]
+    return [candle_of(parts, start, sums=False) for start, parts in groups.items()]
 
 
 @bp.get("/v1/prices/<symbol>/candles")
@@ -255,7 +257,7 @@ def candles(symbol: str) -> flask.Response:
         stored = state.history.candles(symbol, STORED_WIDTH[interval], start_ms, end_ms)
     except sa.exc.SQLAlchemyError:
         raise _unavailable() from None
-    found = grouped(stored, width_ms)
+    found = grouped(stored, width_ms, STORED_WIDTH[interval] * 1000)
     open_from = math.floor(now / width) * width  # the candle still open now
     closed = last <= open_from
     max_age = CLOSED_MAX_AGE if closed else state.feed.fresh_seconds(now)

@@ -84,13 +84,13 @@ class Comoments:
         return max(-1.0, min(1.0, cross / math.sqrt(spread_x * spread_y)))
 
 
-def candle_of(parts: Sequence[Candle], start_ms: int) -> Candle:
+def candle_of(parts: Sequence[Candle], start_ms: int, sums: bool = True) -> Candle:
     """One candle from its parts (ticks as one-tick candles, or narrower candles), in
-    any order: open of the earliest, close of the latest, the extremes, the count, the
-    sums (exactly rounded, so the same whatever the order)."""
+    any order: open of the earliest, close of the latest, the extremes, the count, and
+    unless told not to, the sums (exactly rounded, so the same whatever the order)."""
     first = min(parts, key=lambda part: part.first_ms)
     last = max(parts, key=lambda part: part.last_ms)
-    summed = all(part.sum_price is not None for part in parts)
+    summed = sums and all(part.sum_price is not None for part in parts)
     return Candle(
         start_ms,
         first.open,
@@ -351,8 +351,8 @@ class HistoryStore:
             .order_by(candles.c.symbol, candles.c.start_ms)
         )
         found: dict[str, list[Candle]] = {}
-        for symbol, *values in rows:
-            found.setdefault(symbol, []).append(Candle(*values))
+        for row in rows.all():  # all at once: a third of the time of one by one
+            found.setdefault(row[0], []).append(Candle(*row[1:]))
         return found
 
     def _comoments(
