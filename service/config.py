@@ -295,8 +295,9 @@ class Settings:
     database_url: str = setting(
         DEFAULT_DATABASE_URL, _parse_database_url, show=lambda url: _mask_uri(url)
     )
-    # Raw ticks are kept this long (candles longer): the longest statistics window, 7 d,
-    # is computed from them.
+    # Raw ticks are kept this long: a week of every tick (about 200,000 rows a symbol at
+    # 3 s), the longest window the page and the statistics offer. Candles, and the
+    # statistics' sums in them, are kept longer and need no raw tick once rolled up.
     history_retention_seconds: int = setting(
         7 * 86400, _duration_between(3600, 3650 * 86400), variable="HISTORY_RETENTION"
     )
