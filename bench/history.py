@@ -11,6 +11,7 @@ same run. Writes bench/history.json and bench/HISTORY.md.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -70,6 +71,7 @@ def timed(url: str, now: float) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {name: [] for name in asked}
     for path in asked.values():  # once each first: connections, caches
         assert client.get(path).status_code == 200, path
+    gc.freeze()  # as a worker does once it is ready (service/gunicorn_conf.py)
     for _ in range(ROUNDS):
         for name, path in asked.items():
             started = time.perf_counter()

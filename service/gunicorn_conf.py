@@ -7,6 +7,7 @@ a thread with keep-alive; the master owns the Prometheus multiprocess directory.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -111,6 +112,10 @@ def post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, drain_then_stop)
     signal.siginterrupt(signal.SIGTERM, False)
+    # What is built by now (the app, its modules, the feed) lives as long as the worker:
+    # out of the collector's way, or every full collection walks it all (measured on
+    # 24 h of 1m candles: 6 answers in 200 took ~120 ms instead of ~18; none, frozen).
+    gc.freeze()
     # gunicorn's "Booting worker" is logged at fork, before the app is built; this line
     # is when the worker accepts requests (what the tests and an operator wait for).
     get_logger("service.worker").info("worker ready", pid=os.getpid())
