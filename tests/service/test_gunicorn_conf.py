@@ -44,3 +44,29 @@ def test_a_configured_directory_is_the_one_used(tmp_path: Path) -> None:
     loaded = load_config(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     assert loaded["exported"] == loaded["settings"] == str(tmp_path)
     assert loaded["imported"] is False
+
+
+WORKER_PROBE = (
+    "import gc, json\n"
+    "import service.gunicorn_conf as conf\n"
+    "from service.app import create_app\n"
+    "class Worker:\n"
+    "    wsgi = create_app()\n"
+    "    def handle_exit(self, signum, frame): pass\n"
+    "before = gc.get_freeze_count()\n"
+    "conf.post_worker_init(Worker())\n"
+    "print(json.dumps({'before': before, 'after': gc.get_freeze_count()}))\n"
+)
+
+
+def test_a_worker_freezes_what_it_built_before_it_serves(tmp_path: Path) -> None:
+    """Out of the collector's way: a full collection walked the whole app (bench/NOTES.md)."""
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_PROBE],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "LOG_LEVEL": "warning",
+             "DATABASE_URL": f"sqlite:///{tmp_path}/h.sqlite3"},
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert counts["before"] == 0 and counts["after"] > 10_000  # the app's objects
