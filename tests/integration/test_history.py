@@ -143,6 +143,7 @@ def stored_ticks(url: str, first_ms: int, end_ms: int) -> dict[str, list[int]]:
         engine.dispose()
 
 
+@pytest.mark.timeout(RUN_SECONDS + 240)  # the suite's bound is 300 s a test
 def test_two_replicas_on_one_postgresql_store_each_tick_once_through_a_kill(
     start_service: ServiceFactory, postgres: PostgresServer
 ) -> None:
