@@ -41,7 +41,6 @@ class ServedTicks:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.symbols = settings.symbols
         self.feed = PriceFeed(
             PriceModel(settings.price_seed, settings.symbols),
             list(settings.symbols),
@@ -83,11 +82,6 @@ class Recorder:
         self.metrics = metrics
         self.clock = clock
         self.served = ServedTicks(settings, clock)
-        self.tick_seconds = settings.price_tick_seconds
-        self.tick_ms = self.served.tick_ms
-        self.tick_at = self.served.tick_at
-        self.start_ms = self.served.start_ms
-        self.quotes = self.served.quotes
         self.next_tick: int | None = None  # the oldest tick not yet written
         self.failures = 0
         self._logged_error_at = -math.inf
@@ -97,19 +91,19 @@ class Recorder:
     def resume_point(self, now: float) -> int:
         """The first tick to write: after the newest stored, when it is this model's and
         within the retention; else the current one."""
-        current = self.tick_at(now)
+        current = self.served.tick_at(now)
         stored = self.store.latest()
         if set(stored) != set(self.settings.symbols):
             return current
         starts = {tick.start_ms for tick in stored.values()}
-        if len(starts) != 1 or any(tick.tick_ms != self.tick_ms for tick in stored.values()):
+        if len(starts) != 1 or any(tick.tick_ms != self.served.tick_ms for tick in stored.values()):
             return current
         (start_ms,) = starts
-        tick = round(start_ms / self.tick_ms)
-        ours = {quote.symbol: quote.price for quote in self.quotes(tick)}
+        tick = round(start_ms / self.served.tick_ms)
+        ours = {quote.symbol: quote.price for quote in self.served.quotes(tick)}
         same_model = all(ours[symbol] == stored[symbol].price for symbol in ours)
-        oldest = self.tick_at(now - self.settings.history_retention_seconds)
-        if not same_model or self.start_ms(tick) != start_ms or tick < oldest:
+        oldest = self.served.tick_at(now - self.settings.history_retention_seconds)
+        if not same_model or self.served.start_ms(tick) != start_ms or tick < oldest:
             return current
         return min(tick + 1, current)
 
@@ -124,7 +118,7 @@ class Recorder:
                 self.log.info("statistics filled in", minutes=filled)
             self.next_tick = self.resume_point(now)
             self.log.info("recording", from_tick=self.next_tick)
-        current = self.tick_at(now)
+        current = self.served.tick_at(now)
         written = 0
         while self.next_tick <= current:
             last = min(current, self.next_tick + TICKS_PER_WRITE - 1)
@@ -132,7 +126,9 @@ class Recorder:
             written += self.store.record(rows)
             self.metrics.count_written(len(rows))
             self.next_tick = last + 1
-            self.metrics.set_recorded_through((self.start_ms(last) + self.tick_ms) / 1000)
+            self.metrics.set_recorded_through(
+                (self.served.start_ms(last) + self.served.tick_ms) / 1000
+            )
         return written
 
     def prune_if_due(self) -> None:
@@ -164,7 +160,7 @@ class Recorder:
             self.failures = 0
         # Just after the next tick starts.
         now = self.clock()
-        return (self.tick_at(now) + 1) * self.tick_seconds - now + 0.01
+        return (self.served.tick_at(now) + 1) * self.served.tick_seconds - now + 0.01
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
