@@ -31,7 +31,7 @@ from service.history_store import HistoryStore, Tick
 
 HERE = Path(__file__).parent
 DAYS = float(os.environ.get("HISTORY_BENCH_DAYS", "30"))
-ROUNDS = 30  # of every query, alternated
+ROUNDS = 100  # of every query, alternated
 GOAL_MS = 50.0  # the bound for 1d candles over 30 days and 1m candles over 24 h
 
 

@@ -15,12 +15,12 @@ import csv
 import datetime
 import hashlib
 import io
-import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import flask
+import orjson
 import sqlalchemy as sa
 from werkzeug.http import parse_etags
 
@@ -150,6 +150,12 @@ def _respond(
     return response
 
 
+def _json(document: Mapping[str, object]) -> str:
+    """Compact JSON. orjson: a day of minute candles is 8,640 numbers, whose encoding
+    took longer than reading them from the database (bench/NOTES.md)."""
+    return orjson.dumps(document).decode()
+
+
 def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -199,7 +205,7 @@ def history(symbol: str) -> flask.Response:
     document: dict[str, object] = {"symbol": symbol, "prices": [_tick_fields(t) for t in ticks]}
     if following is not None:
         document["next"] = str(following)
-    body = json.dumps(document, separators=(",", ":"))
+    body = _json(document)
     # The live form says when it was answered, as it always did; a range does not.
     return _respond(body, "application/json", max_age, timestamp=None if ranged else now)
 
@@ -254,7 +260,7 @@ def candles(symbol: str) -> flask.Response:
             f"{MAX_CANDLES * width // 3600:g} hours of {interval} candles at once.",
         )
     try:
-        stored = state.history.candles(symbol, STORED_WIDTH[interval], start_ms, end_ms)
+        stored = state.history.candles(symbol, STORED_WIDTH[interval], start_ms, end_ms, sums=False)
     except sa.exc.SQLAlchemyError:
         raise _unavailable() from None
     found = grouped(stored, width_ms, STORED_WIDTH[interval] * 1000)
@@ -266,7 +272,7 @@ def candles(symbol: str) -> flask.Response:
         rows = ([f[name] for name in header] for f in map(_candle_fields, found))
         return _respond(_csv(header, rows), "text/csv", max_age)
     document = {"symbol": symbol, "interval": interval, "candles": list(map(_candle_fields, found))}
-    return _respond(json.dumps(document, separators=(",", ":")), "application/json", max_age)
+    return _respond(_json(document), "application/json", max_age)
 
 
 def _statistics_fields(candle: Candle | None) -> dict[str, object]:
@@ -337,4 +343,4 @@ def stats() -> flask.Response:
     }
     closed = end_ms <= math.floor(now / 60) * 60_000  # the window's last minute has ended
     max_age = CLOSED_MAX_AGE if closed else state.feed.fresh_seconds(now)
-    return _respond(json.dumps(document, separators=(",", ":")), "application/json", max_age)
+    return _respond(_json(document), "application/json", max_age)

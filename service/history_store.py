@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,8 +34,11 @@ class Tick:
     price: float  # as served
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Candle:
+class Candle(NamedTuple):
+    """A candle as stored. A named tuple rather than a dataclass: a candles request
+    builds a day of minutes, and tuples are several times cheaper to make
+    (bench/NOTES.md)."""
+
     start_ms: int
     open: float
     high: float
@@ -59,8 +62,7 @@ class Candle:
         return math.sqrt(max(spread, 0.0) / (self.returns - 1))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Comoments:
+class Comoments(NamedTuple):
     """Two symbols' log returns over the ticks where both have one: x the symbol's, y the
     other's."""
 
@@ -278,12 +280,12 @@ class HistoryStore:
                 else:
                     found, pairs = self._wider(connection, symbols, narrower, start, width_ms)
                 rolled.extend(
-                    {"symbol": symbol, "width_s": width, **dataclasses.asdict(candle)}
+                    {"symbol": symbol, "width_s": width, **candle._asdict()}
                     for symbol, candle in found.items()
                 )
                 paired.extend(
                     {"symbol": a, "other": b, "width_s": width, "start_ms": start,
-                     **dataclasses.asdict(sums)}
+                     **sums._asdict()}
                     for (a, b), sums in pairs.items()
                 )  # fmt: skip
             if rolled:
@@ -337,9 +339,18 @@ class HistoryStore:
         )
 
     def _candles(
-        self, connection: sa.Connection, symbols: Iterable[str], width: int, start: int, end: int
+        self,
+        connection: sa.Connection,
+        symbols: Iterable[str],
+        width: int,
+        start: int,
+        end: int,
+        sums: bool = True,
     ) -> dict[str, list[Candle]]:
-        columns = [candles.c[field.name] for field in dataclasses.fields(Candle)]
+        """The stored candles, with the statistics' sums unless told not to (a third of
+        the columns, left unread when only prices are shown)."""
+        names = Candle._fields if sums else Candle._fields[:8]
+        columns = [candles.c[name] for name in names]
         rows = connection.execute(
             sa.select(candles.c.symbol, *columns)
             .where(
@@ -358,7 +369,7 @@ class HistoryStore:
     def _comoments(
         self, connection: sa.Connection, symbols: Iterable[str], width: int, start: int, end: int
     ) -> dict[tuple[str, str], list[Comoments]]:
-        columns = [candle_pairs.c[field.name] for field in dataclasses.fields(Comoments)]
+        columns = [candle_pairs.c[name] for name in Comoments._fields]
         chosen = sorted(symbols)
         rows = connection.execute(
             sa.select(candle_pairs.c.symbol, candle_pairs.c.other, *columns).where(
@@ -424,10 +435,13 @@ class HistoryStore:
         )
         return self._read(lambda c: [Tick(*row) for row in c.execute(query)])
 
-    def candles(self, symbol: str, width: int, start_ms: int, end_ms: int) -> list[Candle]:
-        """The stored candles of ``width`` seconds that start in [start_ms, end_ms)."""
+    def candles(
+        self, symbol: str, width: int, start_ms: int, end_ms: int, sums: bool = True
+    ) -> list[Candle]:
+        """The stored candles of ``width`` seconds that start in [start_ms, end_ms) (with
+        the statistics' sums unless told not to)."""
         return self._read(
-            lambda c: self._candles(c, [symbol], width, start_ms, end_ms).get(symbol, [])
+            lambda c: self._candles(c, [symbol], width, start_ms, end_ms, sums).get(symbol, [])
         )
 
     def prune(self, ticks_before_ms: int) -> int:
@@ -437,11 +451,11 @@ class HistoryStore:
         return deleted.rowcount
 
 
-def _upsert(insert: Any, table: sa.Table, row: type) -> Any:
-    """An insert of ``table`` that replaces the dataclass ``row``'s fields on conflict."""
+def _upsert(insert: Any, table: sa.Table, row: type[Candle | Comoments]) -> Any:
+    """An insert of ``table`` that replaces the named tuple ``row``'s fields on conflict."""
     statement = insert(table)
     keys = [column.name for column in table.primary_key.columns]
-    fields = [field.name for field in dataclasses.fields(row) if field.name not in keys]
+    fields = [name for name in row._fields if name not in keys]
     return statement.on_conflict_do_update(
         index_elements=keys, set_={name: statement.excluded[name] for name in fields}
     )

@@ -84,8 +84,8 @@ def assert_same_candles(stored: dict[K, Candle], expected: dict[K, Candle]) -> N
     for key, candle in stored.items():
         want = expected[key]
         assert candle.sum_price is not None and want.sum_price is not None
-        assert dataclasses.replace(candle, sum_price=0.0, sum_return=0.0, sum_return_sq=0.0) == (
-            dataclasses.replace(want, sum_price=0.0, sum_return=0.0, sum_return_sq=0.0)
+        assert candle._replace(sum_price=0.0, sum_return=0.0, sum_return_sq=0.0) == (
+            want._replace(sum_price=0.0, sum_return=0.0, sum_return_sq=0.0)
         ), key
         assert (candle.sum_price, candle.sum_return, candle.sum_return_sq) == pytest.approx(
             (want.sum_price, want.sum_return, want.sum_return_sq), rel=1e-9, abs=1e-12
@@ -183,8 +183,8 @@ def expected_statistics(
     candles = {key[0]: candle for key, candle in expected_candles(inside, whole).items()}
     for symbol, candle in candles.items():
         rs = [r for (s, _), r in returns.items() if s == symbol]
-        candles[symbol] = dataclasses.replace(
-            candle, start_ms=start_ms, returns=len(rs), sum_return=sum(rs),
+        candles[symbol] = candle._replace(
+            start_ms=start_ms, returns=len(rs), sum_return=sum(rs),
             sum_return_sq=sum(r * r for r in rs),
         )  # fmt: skip
     pairs = {}
@@ -222,9 +222,7 @@ def test_statistics_say_what_the_ticks_of_the_window_say(
         for pair, sums in pairs.items():
             want = want_pairs[pair]
             assert sums.pairs == want.pairs
-            assert dataclasses.astuple(sums) == pytest.approx(
-                dataclasses.astuple(want), rel=1e-9, abs=1e-12
-            )
+            assert tuple(sums) == pytest.approx(tuple(want), rel=1e-9, abs=1e-12)
 
 
 def test_candles_from_before_revision_0002_get_statistics_from_the_ticks_kept(
@@ -239,12 +237,12 @@ def test_candles_from_before_revision_0002_get_statistics_from_the_ticks_kept(
         # What revision 0001's recorder wrote: the ticks, and candles without sums; one of
         # them a minute whose ticks have been pruned since.
         rows = [
-            {"symbol": symbol, "width_s": width, **dataclasses.asdict(candle)}
+            {"symbol": symbol, "width_s": width, **candle._asdict()}
             for width in CANDLE_WIDTHS
             for (symbol, _), candle in expected_candles(kept, width).items()
         ]
         pruned = Candle(START - 60_000, 1.0, 1.0, 1.0, 1.0, 1, START - 60_000, START - 60_000)
-        rows.append({"symbol": "A", "width_s": 60, **dataclasses.asdict(pruned)})
+        rows.append({"symbol": "A", "width_s": 60, **pruned._asdict()})
         sums = ("sum_price", "returns", "sum_return", "sum_return_sq")
         with engine.begin() as connection:
             connection.execute(history_schema.ticks.insert(), [dataclasses.asdict(t) for t in kept])
