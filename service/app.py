@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable
 
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, errors, faults, history_api, ops, page, push
+from service import api, errors, faults, history_api, keys_api, ops, page, push
 from service.capacity import HeldConnections
 from service.config import Settings
 from service.database import create_engine
 from service.fanout import Hub
 from service.feed import PriceFeed
 from service.history_store import HistoryStore
+from service.identity import CLIENT_CLASSES, Identity
 from service.instrumentation import Instrumentation, RoutedFlask
-from service.limiting import CLIENT_CLASSES, RateLimiting
+from service.key_registry import KeyRegistry
+from service.key_store import KeyStore
+from service.key_usage import UsageCounter
+from service.limiting import RateLimiting
 from service.logs import access_logger, configure_logging
 from service.metrics import Metrics
 from service.prices import PriceModel
 from service.state import EXTENSION, ServiceState
 from service.stream_slots import ProcessStreamLedger, StreamSlots, lease_seconds
+from service.tokens import TokenSigner
 
 
 def create_app(
@@ -49,7 +55,14 @@ def create_app(
         on_new_tick=metrics.observe_new_tick,
         clock=clock,
     )
-    limiting = RateLimiting(settings, metrics)
+    # Connects on the first request that needs it, in the worker that makes it.
+    engine = create_engine(settings.database_url)
+    keys = KeyStore(engine, clock)
+    # Unset (outside gunicorn, whose master makes one for its workers): this app's own.
+    signer = TokenSigner(settings.token_secret or secrets.token_urlsafe(32))
+    identity = Identity(settings, KeyRegistry(keys, metrics, clock), signer, clock)
+    usage = UsageCounter(keys, metrics, clock)
+    limiting = RateLimiting(settings, metrics, identity)
     held = HeldConnections(settings.held_cap)
     ledger = limiting.stream_ledger(lease_seconds(settings.stream_heartbeat_seconds))
     streams = StreamSlots(
@@ -66,20 +79,32 @@ def create_app(
         clock=clock,
         on_fanout=metrics.observe_fanout,
     )
-    # Connects on the first history request, in the worker that makes it.
-    history = HistoryStore(create_engine(settings.database_url))
     app.extensions[EXTENSION] = ServiceState(
-        settings, feed, metrics, limiting, streams, held, hub, history
+        settings,
+        feed,
+        metrics,
+        limiting,
+        streams,
+        held,
+        hub,
+        HistoryStore(engine),
+        identity,
+        keys,
+        usage,
     )
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(history_api.bp)
+    app.register_blueprint(keys_api.bp)
+    app.register_blueprint(keys_api.usage_bp)
     app.register_blueprint(ops.bp)
     push.init_app(app)
     app.register_blueprint(page.bp)
-    for limited in (api.bp, history_api.bp, push.bp):
+    for limited in (api.bp, history_api.bp, keys_api.bp):
         limiting.init_app(app, limited.name)
+    limiting.init_app(app, push.bp.name, accept_tokens=True)  # browsers' streams
+    limiting.init_app(app, keys_api.usage_bp.name, counted=False)
     faults.init_app(app, api.bp.name, settings)
     faults.init_app(app, history_api.bp.name, settings)
     metrics.start_rate_limit_series(
@@ -87,7 +112,7 @@ def create_app(
             rule.rule
             for rule in app.url_map.iter_rules()
             if rule.endpoint.startswith(
-                (api.bp.name + ".", history_api.bp.name + ".", push.bp.name + ".")
+                tuple(bp.name + "." for bp in (api.bp, history_api.bp, keys_api.bp, push.bp))
             )
         ),
         CLIENT_CLASSES,
@@ -102,5 +127,6 @@ def create_app(
         app.wsgi_app,
         metrics,
         access_logger(settings.log_format, settings.log_level, settings.log_flush_seconds),
+        usage.count,
     )
     return app

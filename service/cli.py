@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="compute the prices in N processes (default: one per CPU)",
     )
+    _key_commands(commands)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -62,12 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         return _database(settings, args.action, args.if_reachable)
     if args.command == "backfill":
         return _backfill(settings, args.days, args.processes)
+    if args.command == "keys":
+        from service.key_commands import run
+
+        return _on_database(settings, lambda engine: run(engine, settings, args))
 
     from gunicorn.app.wsgiapp import WSGIApplication
 
     sys.argv = ["crypto-service", "--config", "python:service.gunicorn_conf"]
     WSGIApplication("%(prog)s").run()
     return 0
+
+
+def _key_commands(commands: Any) -> None:
+    from service.key_commands import add_parsers
+
+    keys = commands.add_parser(
+        "keys", help="managed API keys (in DATABASE_URL's database; no restart needed)"
+    )
+    add_parsers(keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True))
 
 
 def _days(raw: str) -> float:
@@ -86,11 +100,12 @@ def _on_database(settings: Settings, work: Callable[[Any], None]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from service import database
+    from service.key_store import KeyProblem
 
     engine = database.create_engine(settings.database_url)
     try:
         work(engine)
-    except database.SchemaBehind as problem:
+    except (database.SchemaBehind, KeyProblem) as problem:
         print(f"crypto-service: {problem}", file=sys.stderr)
         return 1
     except SQLAlchemyError as error:

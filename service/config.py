@@ -7,7 +7,6 @@ line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +15,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from limits import parse_many
+
+from service.key_format import digest_of, fingerprint_of_digest
 
 T = TypeVar("T")
 
@@ -48,11 +49,6 @@ class ApiKey:
     digest: bytes = field(repr=False)
     fingerprint: str
     limit: str  # empty: RATE_LIMIT's (Settings.limit_of)
-
-
-def key_fingerprint(key: str) -> str:
-    """A short, non-reversible name for an API key, safe for logs and metrics."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _keep(raw: str, _name: str) -> str:
@@ -116,7 +112,7 @@ def _parse_seed(raw: str, name: str) -> str:
     return raw
 
 
-def _parse_limit(raw: str, name: str) -> str:
+def parse_limit(raw: str, name: str) -> str:
     try:
         items = parse_many(raw)
     except ValueError:
@@ -171,7 +167,15 @@ def _parse_database_url(raw: str, name: str) -> str:
     return raw
 
 
-def _duration_between(low: int, high: int) -> Callable[[str, str], int]:
+def format_duration(seconds: int) -> str:
+    """``seconds`` in the largest unit that divides it: 90m, 36h, 7d."""
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def duration_between(low: int, high: int) -> Callable[[str, str], int]:
     """A duration such as 90m, 36h or 7d, in seconds."""
 
     def parse(raw: str, name: str) -> int:
@@ -181,11 +185,19 @@ def _duration_between(low: int, high: int) -> Callable[[str, str], int]:
         seconds = int(number[:9]) * DURATION_UNITS[unit] if len(number) <= 9 else high + 1
         if not low <= seconds <= high:
             raise ConfigError(
-                name, f"must be between {low // 3600}h and {high // 86400}d, got {raw!r}"
+                name,
+                f"must be between {format_duration(low)} and {format_duration(high)}, got {raw!r}",
             )
         return seconds
 
     return parse
+
+
+def _parse_secret(raw: str, name: str) -> str:
+    if len(raw) < 32 or not raw.isascii() or not raw.isprintable():
+        # The value itself is never echoed.
+        raise ConfigError(name, "must be at least 32 printable ASCII characters (random)")
+    return raw
 
 
 def _parse_origins(raw: str, name: str) -> tuple[str, ...]:
@@ -215,12 +227,12 @@ def _parse_api_keys(raw: str, name: str) -> tuple[ApiKey, ...]:
                 name, f"key #{position} must be 16-256 characters of [A-Za-z0-9._~+/-]"
             )
         if sep:
-            _parse_limit(limit.strip(), f"{name} (key #{position} limit)")
-        digest = hashlib.sha256(key.encode()).digest()
+            parse_limit(limit.strip(), f"{name} (key #{position} limit)")
+        digest = digest_of(key)
         if digest in seen:
             raise ConfigError(name, f"key #{position} is listed twice")
         seen.add(digest)
-        keys.append(ApiKey(digest, key_fingerprint(key), limit.strip()))
+        keys.append(ApiKey(digest, fingerprint_of_digest(digest), limit.strip()))
     return tuple(keys)
 
 
@@ -262,7 +274,7 @@ class Settings:
     )
     price_tick_seconds: float = setting(3.0, _float_between(0.1, 86400.0))
     price_seed: str = setting("crypto-price", _parse_seed, show=lambda _: "***")
-    rate_limit: str = setting("120/minute", _parse_limit)
+    rate_limit: str = setting("120/minute", parse_limit)
     rate_limit_storage_uri: str = setting(  # may hold a password
         "memory://", _parse_storage_uri, show=lambda uri: _mask_uri(uri)
     )
@@ -299,8 +311,14 @@ class Settings:
     # 3 s), the longest window the page and the statistics offer. Candles, and the
     # statistics' sums in them, are kept longer and need no raw tick once rolled up.
     history_retention_seconds: int = setting(
-        7 * 86400, _duration_between(3600, 3650 * 86400), variable="HISTORY_RETENTION"
+        7 * 86400, duration_between(3600, 3650 * 86400), variable="HISTORY_RETENTION"
     )
+    # Signs the stream tokens of POST /v1/tokens (service/tokens.py): every worker and
+    # replica that should accept a token needs the same. Unset, gunicorn's master makes
+    # one at start for its workers (service/gunicorn_conf.py): tokens then hold on this
+    # instance only.
+    token_secret: str | None = setting(None, _parse_secret, show=lambda s: s and "***")
+    token_ttl_seconds: int = setting(300, duration_between(60, 3600), variable="TOKEN_TTL")
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 
@@ -386,10 +404,6 @@ def variable_of(spec: Field[Any]) -> str:
     """The environment variable of a Settings field."""
     variable: str | None = spec.metadata["variable"]
     return variable or spec.name.upper()
-
-
-def _show_keys(keys: tuple[ApiKey, ...]) -> list[str]:
-    return [f"{key.fingerprint}={key.limit or 'RATE_LIMIT'}" for key in keys]
 
 
 def _mask_uri(uri: str) -> str:

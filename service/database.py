@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -13,12 +14,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from service.greenlets import off_the_loop
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Alembic says "Context impl SQLiteImpl" at info on every check: not news.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 CONNECT_TIMEOUT_SECONDS = 3  # a database that does not answer is down, not slow
 SQLITE_BUSY_MS = 5000  # another process writing: wait this long for its lock
 MIGRATION_LOCK = 0x63727971  # PostgreSQL advisory lock id held while migrating
+T = TypeVar("T")
 
 
 class SchemaBehind(RuntimeError):
@@ -56,6 +60,19 @@ def create_engine(url: str, sqlite_busy_ms: int = SQLITE_BUSY_MS, **options: Any
         pool_pre_ping=True,
         **options,
     )
+
+
+def on_connection(engine: sa.Engine, work: Callable[[sa.Connection], T], begin: bool = False) -> T:
+    """``work`` on one of ``engine``'s connections, in a transaction committed after it
+    when ``begin``. SQLite's calls block without yielding to gevent: under the gevent
+    worker they run in a thread of its pool, so that the streams and polls of the worker
+    go on meanwhile (psycopg 3 yields by itself)."""
+
+    def run() -> T:
+        with engine.begin() if begin else engine.connect() as connection:
+            return work(connection)
+
+    return run() if engine.dialect.name == "postgresql" else off_the_loop(run)
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

@@ -1,14 +1,16 @@
 """gunicorn configuration, read from the validated environment.
 
 Used by ``crypto-service`` and usable directly:
-``gunicorn -c python:service.gunicorn_conf``. gthread workers serve each connection on
-a thread with keep-alive; the master owns the Prometheus multiprocess directory.
+``gunicorn -c python:service.gunicorn_conf``. The master owns the Prometheus
+multiprocess directory, starts the history recorder, and gives its workers one token
+secret when none is configured.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from service.config import METRICS_DIR_VARIABLE, ConfigError, Settings
 from service.database import prepare_history_database
 from service.logs import configure_logging, get_logger, logging_config_dict
 from service.recorder_process import RecorderProcess
-from service.state import get_state
+from service.state import EXTENSION, get_state
 
 
 def _load_settings() -> Settings:
@@ -42,7 +44,17 @@ def _with_metrics_dir(settings: Settings) -> Settings:
     return replace(settings, metrics_dir=directory)
 
 
-settings = _with_metrics_dir(_load_settings())
+def _with_token_secret(settings: Settings) -> Settings:
+    """The settings with a token secret: TOKEN_SECRET's, or one made here and exported,
+    so that every worker of this master signs and accepts the same tokens."""
+    if settings.token_secret is not None:
+        return settings
+    secret = secrets.token_urlsafe(32)
+    os.environ["TOKEN_SECRET"] = secret
+    return replace(settings, token_secret=secret)
+
+
+settings = _with_token_secret(_with_metrics_dir(_load_settings()))
 
 wsgi_app = "service.app:create_app()"
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -119,6 +131,14 @@ def post_worker_init(worker: Any) -> None:
     # gunicorn's "Booting worker" is logged at fork, before the app is built; this line
     # is when the worker accepts requests (what the tests and an operator wait for).
     get_logger("service.worker").info("worker ready", pid=os.getpid())
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it stops: write the API key usage it counted since the last
+    batch (if the database does not answer now, those counts are lost)."""
+    app = getattr(worker, "wsgi", None)
+    if EXTENSION in getattr(app, "extensions", {}):
+        get_state(app).usage.flush()
 
 
 def child_exit(server: Any, worker: Any) -> None:

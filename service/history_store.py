@@ -17,8 +17,8 @@ from typing import Any, NamedTuple, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.greenlets import off_the_loop
-from service.history_schema import candle_pairs, candles, ticks
+from service.database import on_connection
+from service.schema import candle_pairs, candles, ticks
 
 CANDLE_WIDTHS = (60, 3600, 86400)  # seconds: what is stored; 5m and 15m are read from 1m
 ROWS_PER_STATEMENT = 1000  # SQLite binds at most 32,766 values in one statement
@@ -47,7 +47,7 @@ class Candle(NamedTuple):
     ticks: int
     first_ms: int  # the start of the tick that opened it
     last_ms: int  # and of the one that closed it
-    # The statistics' parts (None where they were never computed: history_schema says when).
+    # The statistics' parts (None where they were never computed: service/schema.py says when).
     sum_price: float | None = None
     returns: int | None = None  # ticks with a log return from the tick before
     sum_return: float | None = None
@@ -198,15 +198,7 @@ class HistoryStore:
         self._symbols: set[str] | None = None
 
     def _read(self, work: Callable[[sa.Connection], T]) -> T:
-        """``work`` on a connection. SQLite's calls block without yielding to gevent: under
-        the gevent worker they run in a thread of its pool, and the streams and polls of
-        the worker go on meanwhile (psycopg 3 yields by itself)."""
-
-        def read() -> T:
-            with self.engine.connect() as connection:
-                return work(connection)
-
-        return read() if self._postgres else off_the_loop(read)
+        return on_connection(self.engine, work)
 
     def record(self, rows: Sequence[Tick]) -> int:
         """Write these ticks and roll them up; the number that were not there yet."""

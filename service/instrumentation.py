@@ -24,6 +24,7 @@ import structlog
 from flask.ctx import RequestContext
 from structlog.typing import FilteringBoundLogger
 
+from service.identity import API_KEY
 from service.metrics import CONNECTION_REFUSALS, Metrics
 from service.request_facts import ENVIRON_KEY, RequestFacts, facts_of
 
@@ -57,10 +58,19 @@ class Instrumentation:
     sane, else a new one) and ``X-Content-Type-Options: nosniff``, is counted and timed in
     ``metrics`` and logged as one line."""
 
-    def __init__(self, app: WSGIApplication, metrics: Metrics, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        metrics: Metrics,
+        log: FilteringBoundLogger,
+        count_key_use: Callable[[str, bool, bool], None] = lambda key, limited, stream: None,
+    ) -> None:
         self._app = app
         self._metrics = metrics
         self._log = log
+        # (key fingerprint, rate limited, stream opened) of each keyed request, counted
+        # where its access line is written, so that the two agree.
+        self._count_key_use = count_key_use
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -129,6 +139,9 @@ class Instrumentation:
             self._metrics.count_rate_limited(route, facts.client_class)
         elif facts.error in CONNECTION_REFUSALS:
             self._metrics.count_connection_refused(route, facts.error)
+        if facts.client_class == API_KEY and facts.client is not None:
+            opened = facts.upgraded or (facts.streamed and facts.stands_for is None)
+            self._count_key_use(facts.client, rate_limited, opened)
         # WSGI strings carry the raw bytes as latin-1; the log wants the UTF-8 path.
         path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
         self._log.log(

@@ -1,9 +1,6 @@
-"""Rate limiting of the price endpoints: who the client is, how much it may poll, what it
-is told.
+"""Rate limiting of the price endpoints: how much a client may poll, and what it is told.
 
-The client is its API key when the request carries one (unknown keys are refused with 401
-before any counting), else its address, which werkzeug's ProxyFix takes from
-``X-Forwarded-For`` only when ``TRUSTED_PROXIES`` says how many hops to trust. Every
+Who the client is, service/identity.py says (its key, its token, or its address). Every
 price endpoint shares one budget per client, counted in ``RATE_LIMIT_STORAGE_URI``.
 
 The counting is done by ``limits``, the engine Flask-Limiter is built on: the same
@@ -22,24 +19,24 @@ Storage failures fail open by default: the request is served,
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
 import flask
 import redis
-from limits import RateLimitItem, WindowStats, parse
+from limits import RateLimitItem, WindowStats
 from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter, RateLimiter
 
 from service.config import Settings
 from service.errors import ApiError
+from service.identity import Client, Identity
 from service.limits_memory import SweptMemoryStorage
 from service.logs import get_logger
 from service.metrics import Metrics
@@ -50,27 +47,7 @@ KEY_PREFIX = "crypto"
 API_SCOPE = "api"  # the one budget shared by every price endpoint
 WARNING_INTERVAL_SECONDS = 10.0
 STORAGE_TIMEOUT_SECONDS = 0.25  # a dead Redis must not stall requests for long
-ANONYMOUS = "anonymous"  # the class of clients known by their address
-API_KEY = "api_key"  # the class of clients that present a known X-API-Key
-CLIENT_CLASSES = (API_KEY, ANONYMOUS)
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientClass:
-    """A kind of client and its limit, resolved once at start-up."""
-
-    name: str  # one of CLIENT_CLASSES, a metric label
-    policy: str  # the IETF RateLimit-Policy name
-    limit: RateLimitItem
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    """Who is asking: ``key`` is the rate-limit bucket and the log field."""
-
-    key: str
-    client_class: ClientClass
 
 
 # INCRBY, the expiry when this hit opened the window (as limits' own incr_expire.lua
@@ -170,11 +147,6 @@ def hit_with_stats(
     return allowed, strategy.get_window_stats(item, *identifiers)
 
 
-class InvalidApiKey(ApiError):
-    def __init__(self) -> None:
-        super().__init__(401, "unauthorized", "The X-API-Key header does not name a known API key.")
-
-
 class RateLimited(ApiError):
     def __init__(self, limit: RateLimitItem) -> None:
         super().__init__(
@@ -195,8 +167,9 @@ class StorageUnavailable(ApiError):
 class RateLimiting:
     """The service's rate limiter: storage and strategy built once, one check per request."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, identity: Identity) -> None:
         self._settings = settings
+        self.identity = identity
         self._metrics = metrics
         # wrap_exceptions: limits reports its own storage calls' failures as StorageError.
         options: dict[str, Any] = {"wrap_exceptions": True}
@@ -215,13 +188,6 @@ class RateLimiting:
             if settings.rate_limit_strategy == "fixed-window"
             else STRATEGIES[settings.rate_limit_strategy](self.storage)
         )
-        self.anonymous = ClientClass(ANONYMOUS, "default", parse(settings.rate_limit))
-        self._keys: dict[bytes, Client] = {
-            key.digest: Client(
-                key.fingerprint, ClientClass(API_KEY, "api-key", parse(settings.limit_of(key)))
-            )
-            for key in settings.api_keys
-        }
         self._storage_errors = _StorageErrorReporter(metrics, settings.rate_limit_fail_open)
 
     def stream_ledger(self, lease_seconds: float) -> SharedStreamLedger | None:
@@ -235,17 +201,29 @@ class RateLimiting:
             client, lease_seconds, self._storage_errors, self._settings.rate_limit_fail_open
         )
 
-    def init_app(self, app: flask.Flask, blueprint: str) -> None:
-        """Limit every endpoint of the blueprint named ``blueprint``, before its own hooks.
+    def init_app(
+        self, app: flask.Flask, blueprint: str, accept_tokens: bool = False, counted: bool = True
+    ) -> None:
+        """Limit every endpoint of the blueprint named ``blueprint``, before its own hooks
+        (its clients may name their key by token when ``accept_tokens``); or, not
+        ``counted``, only identify its clients (a key's usage, which must answer however
+        much of the limit is used).
 
         Registered on the app (keyed by the blueprint's name), not on the blueprint
         object, which is shared by every app built in the process."""
-        app.before_request_funcs.setdefault(blueprint, []).insert(0, self.check)
+        if counted:
+            check = functools.partial(self.check, accept_tokens)
+        else:
+            check = functools.partial(self.identify_only, accept_tokens)
+        app.before_request_funcs.setdefault(blueprint, []).insert(0, check)
 
-    def check(self) -> None:
+    def identify_only(self, accept_tokens: bool = False) -> None:
+        self.identity.identify(flask.request.environ, accept_tokens)
+
+    def check(self, accept_tokens: bool = False) -> None:
         """Identify the client, count the request, queue the headers; raise if refused."""
         environ = flask.request.environ
-        client = self.identify(environ)
+        client = self.identity.identify(environ, accept_tokens)
         limit = client.client_class.limit
         try:
             allowed, (reset_at, remaining) = hit_with_stats(
@@ -275,26 +253,14 @@ class RateLimiting:
             headers.append(("Retry-After", str(max(1, reset_in))))
             raise RateLimited(limit)
 
-    def identify(self, environ: dict[str, Any]) -> Client:
-        presented = environ.get("HTTP_X_API_KEY")
-        if presented is None:
-            client = Client(environ.get("REMOTE_ADDR") or "unknown", self.anonymous)
-        else:
-            # Looking the key up by its hash compares secrets without leaking their prefix
-            # through timing. WSGI strings are latin-1 decoded bytes: encode them back.
-            digest = hashlib.sha256(presented.encode("latin-1", "replace")).digest()
-            found = self._keys.get(digest)
-            if found is None:
-                self._tell(environ, Client("invalid-key", self.anonymous))
-                raise InvalidApiKey()
-            client = found
-        self._tell(environ, client)
-        return client
-
-    @staticmethod
-    def _tell(environ: dict[str, Any], client: Client) -> None:
-        facts = facts_of(environ)
-        facts.client, facts.client_class = client.key, client.client_class.name
+    def window(self, client: Client) -> tuple[int, float]:
+        """What is left of ``client``'s limit in its window, and when the window ends
+        (unix seconds), without counting a request."""
+        limit = client.client_class.limit
+        reset_at, remaining = self.strategy.get_window_stats(
+            limit, KEY_PREFIX, client.key, API_SCOPE
+        )
+        return remaining, reset_at
 
 
 class SharedStreamLedger:

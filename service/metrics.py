@@ -162,6 +162,28 @@ class Metrics:
             ["symbol", "outcome"],
             registry=own,
         )
+        self.key_refresh_errors = Counter(
+            "crypto_api_key_refresh_errors",
+            "Polls of the managed API keys that failed (database down): meanwhile the keys "
+            "last read stay in force, and a revocation waits.",
+            registry=own,
+        )
+        self.key_usage_write_errors = Counter(
+            "crypto_api_key_usage_write_errors",
+            "Writes of the API keys' usage counts that failed; the counts are kept and "
+            "written with the next batch.",
+            registry=own,
+        )
+        self.key_usage_dropped = Counter(
+            "crypto_api_key_usage_dropped",
+            "Usage counts dropped because too many were waiting for the database.",
+            registry=own,
+        )
+        self.tokens_issued = Counter(
+            "crypto_api_tokens_issued",
+            "Stream tokens issued by POST /v1/tokens.",
+            registry=own,
+        )
         self.build_info = Gauge(
             "crypto_service_build_info",
             "Always 1; labels carry the service version and Python version.",
@@ -224,6 +246,18 @@ class Metrics:
 
     def count_rate_limited(self, route: str, client_class: str) -> None:
         self._child(self.rate_limited, route, client_class).inc()
+
+    def count_key_refresh_error(self) -> None:
+        self.key_refresh_errors.inc()
+
+    def count_usage_write_error(self) -> None:
+        self.key_usage_write_errors.inc()
+
+    def count_usage_dropped(self) -> None:
+        self.key_usage_dropped.inc()
+
+    def count_token_issued(self) -> None:
+        self.tokens_issued.inc()
 
     def observe_new_tick(self, quote: TickQuote) -> None:
         self.price.labels(quote.symbol).set(quote.price)

@@ -18,6 +18,9 @@ from service.history_api import (
     TIME_SCHEMA,
     UNAVAILABLE_RETRY_SECONDS,
 )
+from service.identity import TOKEN_PARAMETER
+from service.keys_api import MAX_TOKEN_BODY
+from service.tokens import TOKEN_PATTERN
 from service.version import __version__
 
 JSON = "application/json"
@@ -67,8 +70,9 @@ def _polled(description: str, schema: str) -> dict[str, Any]:
         },
         "500": _error("Injected fault (FAULT_ERROR_RATE) or internal error."),
         "503": _error(
-            "Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false, or a long-poll "
-            "asked of an instance that is shutting down (Retry-After: 1)."
+            "Rate limit storage unreachable and RATE_LIMIT_FAIL_OPEN=false, a long-poll "
+            "asked of an instance that is shutting down (Retry-After: 1), or a key while the "
+            "managed keys cannot be read yet (keys_unavailable, Retry-After: 1)."
         ),
     }
 
@@ -108,7 +112,11 @@ def _refusals(websocket: bool = False) -> dict[str, Any]:
     clients that do not ask for text/event-stream; those that do get a 200)."""
     refusals = {
         "400": _error("Malformed parameter."),
-        "401": _error("Unknown X-API-Key."),
+        "401": _error(
+            "Unknown X-API-Key (unauthorized), or a token that is not this service's "
+            "(invalid_token), has expired (token_expired) or whose key was revoked "
+            "(token_revoked): get a new one with POST /v1/tokens."
+        ),
         "404": _error("Unknown symbol."),
         "429": {
             **_error(
@@ -132,6 +140,18 @@ def _refusals(websocket: bool = False) -> dict[str, Any]:
     return refusals
 
 
+# A stream endpoint's key may come as a token in the URL (browsers: service/tokens.py).
+STREAM_SECURITY: list[dict[str, list[str]]] = [{}, {"apiKey": []}, {"streamToken": []}]
+TOKEN_PARAMETER_DOC = {
+    "name": TOKEN_PARAMETER,
+    "in": "query",
+    "required": False,
+    "description": "A token from POST /v1/tokens, for clients that cannot send X-API-Key "
+    "(EventSource, a browser's WebSocket); X-API-Key wins when both are sent.",
+    "schema": {"type": "string"},
+}
+
+
 def _get(
     summary: str,
     responses: dict[str, Any],
@@ -139,9 +159,10 @@ def _get(
     conditional: bool = False,
     keyed: bool = False,
     long_poll: bool = False,
+    tokens: bool = False,
 ) -> dict[str, Any]:
-    """A GET operation; ``conditional`` takes If-None-Match, ``keyed`` an optional API key,
-    ``long_poll`` a Prefer: wait=N."""
+    """A GET operation; ``conditional`` takes If-None-Match, ``keyed`` an optional API key
+    (``tokens``: or a token), ``long_poll`` a Prefer: wait=N."""
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     params = [{"$ref": "#/components/parameters/X-Request-ID"}, *(parameters or [])]
     if conditional:
@@ -149,9 +170,101 @@ def _get(
     if long_poll:
         params.append({"$ref": "#/components/parameters/Prefer"})
     if keyed:
-        operation["security"] = [{}, {"apiKey": []}]
+        operation["security"] = STREAM_SECURITY if tokens else [{}, {"apiKey": []}]
     operation["parameters"] = params
     return {"get": operation}
+
+
+def _key_paths() -> dict[str, Any]:
+    """What a key's holder may ask about it (service/keys_api.py)."""
+    keyed_errors = {
+        "401": _error("No X-API-Key, or an unknown one."),
+        "429": {
+            **_error("Rate limit exceeded; retry after Retry-After seconds."),
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+        },
+        "500": _error("Injected fault (FAULT_ERROR_RATE) or internal error."),
+    }
+    unavailable = {
+        **_error(
+            "The database is not answering (usage_unavailable), the managed keys cannot be "
+            "read yet (keys_unavailable), or the rate limit storage is down."
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    }
+    token = {
+        "summary": "A short-lived token standing for the request's key, for the stream "
+        f"endpoints' `{TOKEN_PARAMETER}` parameter (EventSource and a browser's WebSocket "
+        "cannot send headers). It expires after TOKEN_TTL and stops with its key. The "
+        f"request has no body (at most {MAX_TOKEN_BODY} bytes are accepted and ignored).",
+        "security": [{"apiKey": []}],
+        "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
+        "responses": {
+            "201": {
+                "description": "The token.",
+                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                "content": {JSON: {"schema": _ref("Token")}},
+            },
+            **keyed_errors,
+            "413": _error("A body over the bound."),
+            "503": unavailable,
+        },
+    }
+    usage = _get(
+        "The request's key: its limit, what is left of it in the current window, and "
+        "today's counts (UTC) of its requests before this one (those of other workers "
+        "within about a second). Not rate limited itself.",
+        {
+            "200": {
+                "description": "The key's usage.",
+                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                "content": {JSON: {"schema": _ref("Usage")}},
+            },
+            "401": keyed_errors["401"],
+            "500": keyed_errors["500"],
+            "503": unavailable,
+        },
+    )
+    usage["get"]["security"] = [{"apiKey": []}]
+    return {"/v1/tokens": {"post": token}, "/v1/usage": usage}
+
+
+def _key_schemas() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "Token": {
+            "type": "object",
+            "required": ["token", "key", "expires_at", "expires_in"],
+            "properties": {
+                "token": {"type": "string", "pattern": TOKEN_PATTERN.pattern},
+                "key": {"type": "string", "description": "The key's fingerprint."},
+                "expires_at": {"type": "integer", "description": "Unix seconds."},
+                "expires_in": {"type": "integer", "minimum": 0},
+            },
+        },
+        "Usage": {
+            "type": "object",
+            "required": ["key", "name", "limit", "remaining", "reset", "today"],
+            "properties": {
+                "key": {"type": "string", "description": "The key's fingerprint."},
+                "name": {"type": ["string", "null"], "description": "null for API_KEYS'."},
+                "limit": {"type": "string", "examples": ["600/minute"]},
+                "remaining": count,
+                "reset": {"type": "integer", "description": "Unix seconds."},
+                "today": {
+                    "type": "object",
+                    "required": ["from", "requests", "rate_limited", "streams"],
+                    "properties": {
+                        "from": {"type": "integer", "description": "UTC midnight, unix s."},
+                        "requests": count,
+                        "rate_limited": count,
+                        "streams": count,
+                        "last_request_at": {"type": ["number", "null"]},
+                    },
+                },
+            },
+        },
+    }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -250,8 +363,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "EventSource itself (it cannot set the header); the header wins.",
                         "schema": {"type": "string"},
                     },
+                    TOKEN_PARAMETER_DOC,
                 ],
                 keyed=True,
+                tokens=True,
             ),
             "/v1/prices/ws": _get(
                 "WebSocket: the /v1/prices document as a JSON text frame at once and per "
@@ -261,8 +376,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "400": _error("Not a WebSocket handshake."),
                     **_refusals(websocket=True),
                 },
-                [symbols_parameter],
+                [symbols_parameter, TOKEN_PARAMETER_DOC],
                 keyed=True,
+                tokens=True,
             ),
             "/v1/prices/{symbol}/history": _get(
                 "Ticks of one symbol as they were served, oldest first: the newest `limit`, "
@@ -342,6 +458,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 conditional=True,
                 keyed=True,
             ),
+            **_key_paths(),
             "/healthz": _get(
                 "Liveness.",
                 {"200": {"description": "Alive.", "content": {JSON: {"schema": _ref("Status")}}}},
@@ -373,7 +490,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             ),
         },
         "components": {
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "streamToken": {"type": "apiKey", "in": "query", "name": TOKEN_PARAMETER},
+            },
             "parameters": {
                 "X-Request-ID": {
                     "name": "X-Request-ID",
@@ -543,6 +663,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                     ]
                 },
+                **_key_schemas(),
                 "Status": {
                     "type": "object",
                     "required": ["status"],

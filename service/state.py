@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # the gunicorn config imports this module before prometheus-c
     from service.fanout import Hub
     from service.feed import PriceFeed
     from service.history_store import HistoryStore
+    from service.identity import Identity
+    from service.key_store import KeyStore
+    from service.key_usage import UsageCounter
     from service.limiting import RateLimiting
     from service.metrics import Metrics
     from service.stream_slots import StreamSlots
@@ -32,6 +35,9 @@ class ServiceState:
     held: HeldConnections  # this worker's streams and long-polls, capped
     hub: Hub  # the fan-out of ticks to this worker's push connections
     history: HistoryStore  # what was served (DATABASE_URL), for the history endpoints
+    identity: Identity  # who a request's client is (keys, tokens, addresses)
+    keys: KeyStore  # the managed API keys and their usage, in the same database
+    usage: UsageCounter  # this worker's counts of each key's requests, not yet written
     # Set on SIGTERM (see gunicorn_conf.post_worker_init): /readyz then answers 503 while
     # the requests in flight finish.
     draining: threading.Event = field(default_factory=threading.Event)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service import history_schema
+from service import schema
 from service.backfill import backfill
 from service.config import Settings
 from service.database import create_engine, upgrade
@@ -30,7 +30,7 @@ def backfilled(path: Path, processes: int) -> dict[str, list[tuple[object, ...]]
                     tuple(row)
                     for row in connection.execute(sa.select(table).order_by(*table.primary_key))
                 ]
-                for table in history_schema.metadata.sorted_tables
+                for table in schema.metadata.sorted_tables
             }
     finally:
         engine.dispose()

@@ -19,7 +19,7 @@ from service.database import (
     sqlalchemy_url,
     upgrade,
 )
-from service.history_schema import metadata
+from service.schema import metadata
 from tests.databases import PostgresServer
 
 

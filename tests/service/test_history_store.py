@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import history_schema
+from service import schema
 from service.database import create_engine, upgrade
 from service.history_store import CANDLE_WIDTHS, Candle, Comoments, HistoryStore, Tick
 
@@ -32,7 +32,7 @@ def empty_store(database_url: str) -> Iterator[HistoryStore]:
     try:
         upgrade(engine)
         with engine.begin() as connection:
-            for table in reversed(history_schema.metadata.sorted_tables):
+            for table in reversed(schema.metadata.sorted_tables):
                 connection.execute(table.delete())
         yield HistoryStore(engine)
     finally:
@@ -245,9 +245,9 @@ def test_candles_from_before_revision_0002_get_statistics_from_the_ticks_kept(
         rows.append({"symbol": "A", "width_s": 60, **pruned._asdict()})
         sums = ("sum_price", "returns", "sum_return", "sum_return_sq")
         with engine.begin() as connection:
-            connection.execute(history_schema.ticks.insert(), [dataclasses.asdict(t) for t in kept])
+            connection.execute(schema.ticks.insert(), [dataclasses.asdict(t) for t in kept])
             connection.execute(
-                history_schema.candles.insert(),
+                schema.candles.insert(),
                 [{k: v for k, v in row.items() if k not in sums} for row in rows],
             )
         upgrade(engine)

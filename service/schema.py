@@ -1,5 +1,5 @@
-"""The price history's tables, declared once: the migrations create them, the store reads
-and writes them, and a test holds the two together."""
+"""The database's tables, declared once: the migrations create them, the stores read and
+write them (history_store, key_store), and a test holds the two together."""
 
 from __future__ import annotations
 
@@ -59,4 +59,50 @@ candle_pairs = sa.Table(
     sa.Column("sum_xx", sa.Double, nullable=False),
     sa.Column("sum_yy", sa.Double, nullable=False),
     sa.Column("sum_xy", sa.Double, nullable=False),
+)
+
+# API keys managed without a restart (service/key_store.py). Only each key's SHA-256 is
+# stored, never the key. A name's current key is its row neither revoked nor rotated out
+# (expires_ms NULL); a rotated-out key works until expires_ms; limit empty means
+# RATE_LIMIT's.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("fingerprint", sa.String(16), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("rate_limit", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger),
+    sa.Column("revoked_ms", sa.BigInteger),
+    sa.Index(
+        "api_keys_current_name",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("expires_ms IS NULL AND revoked_ms IS NULL"),
+        postgresql_where=sa.text("expires_ms IS NULL AND revoked_ms IS NULL"),
+    ),
+)
+
+# One row, raised by every change to api_keys in the same transaction: what the workers
+# poll to know they must read the keys again (and what serialises the changes).
+api_key_generation = sa.Table(
+    "api_key_generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+# Each key's use per hour (unix ms of its start): requests (429s included), 429s, streams
+# opened (SSE and WebSocket) and the latest request's time. Written by the workers in
+# batches; hours older than key_store.USAGE_RETENTION_DAYS are deleted.
+api_key_usage = sa.Table(
+    "api_key_usage",
+    metadata,
+    sa.Column("fingerprint", sa.String(16), primary_key=True),
+    sa.Column("hour_ms", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("rate_limited", sa.BigInteger, nullable=False),
+    sa.Column("streams", sa.BigInteger, nullable=False),
+    sa.Column("last_ms", sa.BigInteger, nullable=False),
 )
