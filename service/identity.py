@@ -125,7 +125,7 @@ class Identity:
         presented = environ.get("HTTP_X_API_KEY")
         if presented is not None:
             client = self._by_key(presented, environ)
-        elif accept_token and TOKEN_PARAMETER in flask.request.args:
+        elif accept_token and flask.request.args.get(TOKEN_PARAMETER):  # empty: none
             client = self._by_token(flask.request.args[TOKEN_PARAMETER], environ)
         else:
             client = Client(environ.get("REMOTE_ADDR") or "unknown", self.anonymous)

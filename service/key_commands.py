@@ -54,7 +54,7 @@ def add_parsers(actions: Any) -> None:
     create = actions.add_parser("create", help="make a key; prints it once, on stdout")
     create.add_argument("--name", type=_name, required=True, help="unique among current keys")
     create.add_argument(
-        "--limit", type=_limit, default="", help="its own rate limit, such as 600/minute "
+        "--limit", type=_limit, default=None, help="its own rate limit, such as 600/minute "
         "(default: RATE_LIMIT's)"
     )  # fmt: skip
     listing = actions.add_parser("list", help="the keys that work, and their use in 24 h")
@@ -84,7 +84,7 @@ def run(engine: sa.Engine, settings: Settings, args: argparse.Namespace) -> None
     store = KeyStore(engine)
     action = args.keys_command
     if action == "create":
-        key, record = store.create(args.name, args.limit)
+        key, record = store.create(args.name, args.limit or "")
         print(key, flush=True)
         print(
             f"created key {record.name!r} ({record.fingerprint}, limit "

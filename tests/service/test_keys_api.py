@@ -15,7 +15,6 @@ import pytest
 
 from service.database import create_engine
 from service.key_store import KeyStore
-from service.key_usage import UsageCounter
 from service.state import get_state
 from tests.conftest import PINNED_NOW, AppFactory
 
@@ -193,15 +192,3 @@ def test_a_database_that_never_answered_is_a_503_for_keys_and_nothing_else(
     assert refused.status_code == 503 and refused.json["error"] == "keys_unavailable"  # type: ignore[index]
     assert refused.headers["Retry-After"] == "1"
     assert client.get("/v1/prices").status_code == 200  # no key: served as ever
-
-
-def test_usage_counts_wait_for_the_database_and_are_not_lost(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path}/missing/dir/none.sqlite3")
-    from service.metrics import Metrics
-
-    metrics = Metrics(("BTC",))
-    counter = UsageCounter(KeyStore(engine, Clock()), metrics, Clock())
-    counter.count("key-000000000000", rate_limited=True, stream=False)
-    assert not counter.flush()
-    assert counter.pending("key-000000000000", 0).requests == 1
-    assert metrics.key_usage_write_errors._value.get() == 1
