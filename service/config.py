@@ -30,7 +30,7 @@ WORKER_CLASSES = ("gthread", "gevent")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 DEFAULT_DATABASE_URL = "sqlite:///data/prices.sqlite3"  # under the working directory
-DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
@@ -176,12 +176,12 @@ def format_duration(seconds: int) -> str:
 
 
 def duration_between(low: int, high: int) -> Callable[[str, str], int]:
-    """A duration such as 90m, 36h or 7d, in seconds."""
+    """A duration such as 30s, 90m, 36h or 7d, in seconds."""
 
     def parse(raw: str, name: str) -> int:
         number, unit = raw[:-1], raw[-1:].lower()
         if unit not in DURATION_UNITS or not (number.isascii() and number.isdigit()):
-            raise ConfigError(name, f"expected a duration such as 90m, 36h or 7d, got {raw!r}")
+            raise ConfigError(name, f"expected a duration such as 30s, 90m, 36h or 7d, got {raw!r}")
         seconds = int(number[:9]) * DURATION_UNITS[unit] if len(number) <= 9 else high + 1
         if not low <= seconds <= high:
             raise ConfigError(

@@ -42,10 +42,10 @@ def _limit(raw: str) -> str:
 
 
 def _grace(raw: str) -> int:
-    if raw in ("0", "0m", "0h", "0d"):
+    if raw == "0":
         return 0
     try:
-        return duration_between(60, MAX_GRACE_SECONDS)(raw, "--grace")
+        return duration_between(1, MAX_GRACE_SECONDS)(raw, "--grace")
     except ConfigError as problem:
         raise argparse.ArgumentTypeError(str(problem).removeprefix("--grace: ")) from None
 
@@ -67,7 +67,7 @@ def add_parsers(actions: Any) -> None:
     rotate.add_argument("name", type=_name, metavar="NAME")
     rotate.add_argument(
         "--grace", type=_grace, default=_grace(DEFAULT_GRACE), metavar="DURATION",
-        help=f"how long the old key keeps working: 0, or 1m to 30d (default {DEFAULT_GRACE})",
+        help=f"how long the old key keeps working: 0, or 1s to 30d (default {DEFAULT_GRACE})",
     )  # fmt: skip
 
 
