@@ -318,7 +318,7 @@ class Settings:
     # one at start for its workers (service/gunicorn_conf.py): tokens then hold on this
     # instance only.
     token_secret: str | None = setting(None, _parse_secret, show=lambda s: s and "***")
-    token_ttl_seconds: int = setting(300, duration_between(60, 3600), variable="TOKEN_TTL")
+    token_ttl_seconds: int = setting(300, duration_between(10, 3600), variable="TOKEN_TTL")
     fault_latency_ms: int = setting(0, _int_between(0, 600_000))
     fault_error_rate: float = setting(0.0, _float_between(0.0, 1.0))
 

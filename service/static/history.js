@@ -98,7 +98,7 @@
   });
 
   async function fetchJson(url) {
-    const response = await fetch(url);
+    const response = await fetch(url, { headers: pageKey.headers() }); // static/keys.js
     if (response.status !== 200) {
       let reason = `HTTP ${response.status}`;
       try { reason = (await response.json()).message || reason; } catch (error) { /* as is */ }

@@ -15,6 +15,7 @@
   const MAX_BACKOFF = 30;
   const notice = document.getElementById("notice");
   const select = document.getElementById("transport");
+  const keys = pageKey; // static/keys.js
   const counterIds = ["requests", "bytes", "not-modified", "reconnects"];
   let counters = {};
   let delays = new DelayMedian();
@@ -155,7 +156,7 @@
     const url = `/v1/prices?${query}`;
     while (current.active) {
       if (document.hidden) { await waitVisible(current); continue; }
-      const headers = {};
+      const headers = keys.headers();
       if (etag) headers["If-None-Match"] = etag;
       if (etag && longPoll) headers.Prefer = "wait=30";
       let wait = 1;
@@ -178,6 +179,12 @@
         } else if (response.status === 429 || response.status === 503) {
           wait = retryAfter(response);
           showNotice(`The server asked us to wait ${wait} s (HTTP ${response.status}).`);
+        } else if (response.status === 401) {
+          failures += 1;
+          wait = backoff(failures);
+          let body = {};
+          try { body = await response.json(); } catch (error) { /* shown as no reason */ }
+          showNotice(`${new KeyRefused(401, body).message}; retrying in ${wait.toFixed(1)} s.`);
         } else {
           failures += 1;
           wait = backoff(failures);
@@ -203,11 +210,33 @@
   // Anything else that is not a 200 event stream (a proxy's 502 from before the service
   // said so) closes it for good: then this starts a new one, with backoff, resuming after
   // the last tick seen.
+  // A stream's token first, when a key is in use; if the service will not give one, the
+  // notice says why and this tries again later (the key may come back, or be changed).
+  async function withToken(current, failures, open) {
+    let tokenQuery = "";
+    try {
+      tokenQuery = await keys.streamQuery();
+    } catch (refused) {
+      if (!current.active) return;
+      const wait = refused.retryAfter || backoff(failures + 1);
+      showNotice(`${refused.message}; trying again in ${wait.toFixed(1)} s.`);
+      let timer = null;
+      const done = pending(current, () => clearTimeout(timer));
+      timer = setTimeout(() => { done(); withToken(current, failures + 1, open); }, wait * 1000);
+      return;
+    }
+    if (current.active) open(tokenQuery);
+  }
+
   function sseLoop(current, failures = 0, lastId = "") {
     if (!current.active) return;
+    withToken(current, failures, (tokenQuery) => openStream(current, failures, lastId, tokenQuery));
+  }
+
+  function openStream(current, failures, lastId, tokenQuery) {
     count("requests");
     const resume = lastId ? `&last_event_id=${encodeURIComponent(lastId)}` : "";
-    const source = new EventSource(`/v1/prices/stream?${query}${resume}`);
+    const source = new EventSource(`/v1/prices/stream?${query}${resume}${tokenQuery}`);
     const closed = pending(current, () => source.close());
     let refused = false; // the stream just ended was a refusal: its notice stays
     source.onmessage = (event) => {
@@ -224,6 +253,18 @@
         let refusal = {};
         try { refusal = JSON.parse(event.data); } catch (error) { /* shown as unknown */ }
         const status = refusal.status ? `HTTP ${refusal.status} ` : "";
+        if (ApiKeyHolder.isTokenRefusal(refusal)) {
+          // The browser would come back with the same URL, so the same token: this
+          // stream ends here, and the next asks for a new token.
+          showNotice(`The server refused the stream's token (${status}${refusal.error}): ` +
+            `${refusal.message} Asking for a new one.`);
+          keys.forgetToken();
+          closed();
+          let timer = null;
+          const done = pending(current, () => clearTimeout(timer));
+          timer = setTimeout(() => { done(); sseLoop(current, failures + 1, lastId); }, 500);
+          return;
+        }
         const wait = refusal.retry_after ? ` in about ${refusal.retry_after} s` : " later";
         showNotice(`The server refused the stream (${status}${refusal.error || "error"}); ` +
           `the browser will try again${wait}.`);
@@ -248,9 +289,13 @@
 
   function websocketLoop(current, failures = 0) {
     if (!current.active) return;
+    withToken(current, failures, (tokenQuery) => openSocket(current, failures, tokenQuery));
+  }
+
+  function openSocket(current, failures, tokenQuery) {
     count("requests");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/v1/prices/ws?${query}`);
+    const socket = new WebSocket(`${scheme}://${location.host}/v1/prices/ws?${query}${tokenQuery}`);
     const closed = pending(current, () => socket.close());
     let opened = false;
     socket.onopen = () => { opened = true; showNotice(""); };
@@ -264,6 +309,9 @@
       const next = opened ? 0 : failures + 1;
       const wait = backoff(next);
       count("reconnects");
+      // A refused handshake is only a close to a page: if it carried a token, the next
+      // attempt asks for a new one (and says so if the key itself is refused).
+      if (!opened && tokenQuery) keys.forgetToken();
       showNotice(`The WebSocket closed; reconnecting in ${wait.toFixed(1)} s.`);
       setTimeout(() => websocketLoop(current, next), wait * 1000);
     };
@@ -290,7 +338,7 @@
   async function loadHistory() {
     await Promise.all(symbols.map(async (symbol) => {
       try {
-        const response = await fetch(`/v1/prices/${symbol}/history?limit=${HISTORY}`, { cache: "no-store" });
+        const response = await fetch(`/v1/prices/${symbol}/history?limit=${HISTORY}`, { headers: keys.headers(), cache: "no-store" });
         if (response.status !== 200) return;
         const history = await response.json();
         for (const point of history.prices) plot(symbol, point.tick, point.price, point.updated_at);
@@ -315,6 +363,11 @@
     last[card.dataset.symbol] = undefined;
   }
   select.addEventListener("change", () => start(select.value));
+  document.getElementById("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    keys.use(document.getElementById("api-key").value.trim());
+    start(select.value); // the chosen transport again, with the key
+  });
   setInterval(tickClock, 200);
   loadHistory().then(() => start(body.dataset.transport));
 })();

@@ -8,9 +8,12 @@ PAGE_SCREENSHOT=path writes the page as the browser drew it (the README's screen
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,13 +366,22 @@ def test_a_page_polling_for_long_keeps_nothing_per_poll_and_shows_the_served_med
     assert abs(int(match.group(1)) - served_median) <= 25, (shown, into_tick)
 
 
+def to_fixed(value: float, digits: int) -> str:
+    """JavaScript's Number.prototype.toFixed: the float's exact value, a tie rounded away
+    from zero (Python's format rounds a tie such as 20.625 to even: 20.62, not 20.63)."""
+    exact = decimal.Decimal(value).quantize(
+        decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP
+    )
+    return f"{exact:f}"
+
+
 def percent(value: float) -> str:
     """As the page writes a change."""
-    return f"{'+' if value >= 0 else '-'}{abs(value):.2f} %"
+    return f"{'+' if value >= 0 else '-'}{to_fixed(abs(value), 2)} %"
 
 
 def money(value: float) -> str:
-    return f"${value:.2f}"
+    return f"${to_fixed(value, 2)}"
 
 
 def shown_range(browser: webdriver.Chrome) -> dict[str, Any]:
@@ -405,7 +417,8 @@ def expected_stats_rows(stats: dict[str, Any]) -> dict[str, list[str]]:
     for symbol, s in stats["symbols"].items():
         rows[symbol] = [
             money(s["first"]), money(s["last"]), percent(s["change_pct"]), money(s["min"]),
-            money(s["max"]), money(s["mean"]), f"{s['volatility'] * 100:.3f} %", str(s["ticks"]),
+            money(s["max"]), money(s["mean"]), f"{to_fixed(s['volatility'] * 100, 3)} %",
+            str(s["ticks"]),
         ]  # fmt: skip
     return rows
 
@@ -442,7 +455,9 @@ def test_each_range_charts_every_symbols_change_and_shows_its_statistics(
         assert stats["window"] == window
         assert shown["stats"] == expected_stats_rows(stats)
         matrix = stats["correlation"]
-        assert shown["correlation"] == {x: [f"{matrix[x][y]:.2f}" for y in matrix] for x in matrix}
+        assert shown["correlation"] == {
+            x: [to_fixed(matrix[x][y], 2) for y in matrix] for x in matrix
+        }
         # And the statistics say what the minutes of their window say.
         minutes = [
             candle
@@ -511,3 +526,93 @@ def test_a_history_database_that_does_not_answer_is_a_notice_and_prices_go_on(
     assert state(browser)["notice"] == ""
     # The browser logs each 503 it was given; nothing else (no script error).
     assert all("503" in entry["message"] for entry in errors_in_console(browser))
+
+
+def operator_keys(url: str, *args: str) -> str:
+    """``crypto-service keys *args`` on DATABASE_URL ``url``; its stdout."""
+    command = str(Path(sys.executable).parent / "crypto-service")
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": url, "LOG_LEVEL": "warning"}
+    done = subprocess.run(
+        [command, "keys", *args], env=env, check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def record_notices(browser: webdriver.Chrome) -> None:
+    """Keep every text the page's notice shows, however briefly (window.notices)."""
+    browser.execute_script(
+        """window.notices = [];
+        new MutationObserver(() => {
+          const text = document.getElementById("notice").textContent;
+          if (text) window.notices.push(text);
+        }).observe(document.getElementById("notice"),
+                   {childList: true, characterData: true, subtree: true});"""
+    )
+
+
+def notices(browser: webdriver.Chrome) -> list[str]:
+    found: list[str] = browser.execute_script("return window.notices")
+    return found
+
+
+def test_a_key_entered_on_the_page_opens_its_streams_by_token_and_an_expired_token_is_said(
+    start_service: ServiceFactory, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    history = recorded_database(tmp_path, 0.001, PRICE_TICK_SECONDS=TICK)
+    key = operator_keys(history, "create", "--name", "page", "--limit", "600/minute")
+    fingerprint = operator_keys(history, "list", "--json").split('"fingerprint": "')[1][:16]
+    service = start_service(
+        PRICE_TICK_SECONDS=TICK,
+        DATABASE_URL=history,
+        RATE_LIMIT="1/minute",  # without the key, the browser's address is soon refused
+        TOKEN_TTL="10s",
+        STREAM_LIFETIME_MINUTES="0.25",  # a stream ends after 15 s: the browser comes back
+    )
+    browser.get(f"{service.url}/?transport=sse")
+    record_notices(browser)
+    browser.find_element(By.ID, "api-key").send_keys(key)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_until(lambda: fingerprint in browser.find_element(By.ID, "key-status").text, 10, "a token")
+    tick = max(int(t or 0) for t in state(browser)["ticks"])
+    wait_for_prices_after(browser, tick, 10, "prices from the keyed stream")
+    # The stream ends at 15 s; EventSource comes back with the same URL, whose token
+    # expired at 10 s: refused, said, and a new token opens the next stream.
+    wait_until(lambda: any("token_expired" in text for text in notices(browser)), 40, "the refusal")
+    shown = next(text for text in notices(browser) if "token_expired" in text)
+    assert "refused the stream's token (HTTP 401 token_expired): The token expired at" in shown
+    tick = max(int(t or 0) for t in state(browser)["ticks"])
+    wait_for_prices_after(browser, tick, 15, "prices after a new token")
+    Select(browser.find_element(By.ID, "transport")).select_by_value("websocket")
+    tick = max(int(t or 0) for t in state(browser)["ticks"])
+    wait_for_prices_after(browser, tick, 15, "prices from the keyed WebSocket")
+    # Revoked: the next stream's token is refused, and the page says so.
+    operator_keys(history, "revoke", "page")
+    time.sleep(2.5)
+    Select(browser.find_element(By.ID, "transport")).select_by_value("sse")
+    wait_until(
+        lambda: any(
+            "The API key was refused (HTTP 401 unauthorized)" in n for n in notices(browser)
+        ),
+        15,
+        "the revoked key's refusal on the page",
+    )
+    # The refusals this test causes (the page's first requests, anonymous, are 429s;
+    # the revoked key's are 401s) are the only console errors.
+    unexpected = [
+        entry
+        for entry in errors_in_console(browser)
+        if not re.search(r"status of (401|429)", entry["message"])
+    ]
+    assert unexpected == []
+    service.stop()
+    streams = {
+        route: [s for s in service.served(route) if s.client == fingerprint]
+        for route in ("/v1/prices/stream", "/v1/prices/ws")
+    }
+    assert [s.status for s in streams["/v1/prices/stream"]][:2] == [200, 200]
+    assert 200 in [s.status for s in streams["/v1/prices/stream"]]
+    assert [s.status for s in streams["/v1/prices/ws"]][:1] == [101]
+    # The expired token's refusal was the key's 401 (counted as a 401 in the log).
+    refused = [s for s in service.served("/v1/prices/stream") if s.status == 401]
+    assert refused and all(s.client == "invalid-token" for s in refused)
+    assert key not in service.logs()
