@@ -320,6 +320,36 @@ def history_panels() -> list[timeseries.Panel | stat.Panel]:
     ]
 
 
+def key_panels() -> list[timeseries.Panel | stat.Panel]:
+    return [
+        graph(
+            "API key refresh errors per second",
+            "Workers' polls of the managed API keys that failed (database down; alert "
+            "ApiKeysStale after 5 minutes): keys created or revoked meanwhile are not honoured.",
+            "ops",
+            query(f"sum by (instance) (rate(crypto_api_key_refresh_errors_total{{{SEL}}}{RATE}))"),
+        ),
+        graph(
+            "API key usage writes failed and counts dropped per second",
+            "Usage batches the database did not take (kept, written with the next) and counts "
+            "dropped because too many waited: /v1/usage and keys list lag meanwhile.",
+            "ops",
+            query(
+                f"sum(rate(crypto_api_key_usage_write_errors_total{{{SEL}}}{RATE}))",
+                "write errors",
+            ),
+            query(f"sum(rate(crypto_api_key_usage_dropped_total{{{SEL}}}{RATE}))", "dropped", "B"),
+        ),
+        graph(
+            "Stream tokens issued per second",
+            "POST /v1/tokens: browsers' tokens for their key's streams, one per stream opened "
+            "after most of the last token's life (TOKEN_TTL) is gone.",
+            "ops",
+            query(f"sum(rate(crypto_api_tokens_issued_total{{{SEL}}}{RATE}))", "tokens"),
+        ),
+    ]
+
+
 def kubernetes_row() -> Row:
     pods = 'namespace=~"$namespace", pod=~"crypto-service.*"'
     row = Row(KUBERNETES_ROW)
@@ -414,6 +444,7 @@ def build() -> Dashboard:
         ("Prices, targets and clients", health_panels()),
         (PUSH_ROW, push_panels()),
         ("Price history", history_panels()),
+        ("API keys", key_panels()),
     ):
         dashboard = dashboard.with_row(Row(title))
         for panel in panels:

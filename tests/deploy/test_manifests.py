@@ -308,3 +308,18 @@ def test_prod_requires_the_shared_history_database(
     assert sqlalchemy_url(url).drivername.startswith("postgresql")
     text = (ROOT / "k8s" / "overlays" / "prod" / "database-secret.example.yaml").read_text()
     assert "EXAMPLE ONLY" in text and "replace-me" in text
+
+
+def token_secret_reference(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = find(documents, "Deployment", "crypto-service")["spec"]["template"]["spec"]
+    (entry,) = [e for e in pod["containers"][0]["env"] if e["name"] == "TOKEN_SECRET"]
+    reference: dict[str, Any] = entry["valueFrom"]["secretKeyRef"]
+    return reference
+
+
+def test_prod_replicas_share_one_token_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    secret = {"name": "crypto-service-api-keys", "key": "TOKEN_SECRET"}
+    assert token_secret_reference(rendered["prod"]) == {**secret, "optional": False}
+    assert token_secret_reference(rendered["dev"]) == {**secret, "optional": True}
+    example = find(rendered["prod"], "Secret", "crypto-service-api-keys")["stringData"]
+    assert len(example["TOKEN_SECRET"]) >= 32 and "replace-me" in example["TOKEN_SECRET"]

@@ -489,15 +489,18 @@ NGINX_SITE = Path(__file__).parents[2] / "deploy" / "nginx" / "crypto-service.co
 @contextmanager
 def nginx_in_front_of(upstream_port: int, workdir: Path) -> Iterator[str]:
     """Debian's nginx with the recommended site (deploy/nginx/), only its two addresses
-    changed, proxying to ``upstream_port``; its URL. It needs no upstream to start."""
+    and its access log's path (``workdir``/access.log) changed, proxying to
+    ``upstream_port``; its URL. It needs no upstream to start."""
     binary = require_binary("nginx")
     port = free_port()
     site = (
         NGINX_SITE.read_text()
         .replace("server 127.0.0.1:5000;", f"server {HOST}:{upstream_port};")
         .replace("listen 8080;", f"listen {HOST}:{port};")
+        .replace("/var/log/nginx/crypto-service.access.log", str(workdir / "access.log"))
     )
     assert f"{HOST}:{upstream_port}" in site and f"{HOST}:{port}" in site
+    assert str(workdir / "access.log") in site
     (workdir / "site.conf").write_text(site)
     (workdir / "nginx.conf").write_text(
         "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log error.log warn;\n"

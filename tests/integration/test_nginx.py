@@ -114,3 +114,26 @@ def test_with_the_service_down_nginx_answers_event_streams_with_a_retry_and_othe
     (event,) = list(stream.feed(split_lines([asked.content])))
     assert event.event == "error" and json.loads(event.data)["status"] == 502
     assert stream.retry_ms is not None and 2000 <= stream.retry_ms <= 5000
+
+
+def test_a_streams_token_reaches_neither_nginxs_log_nor_the_services(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    key = "nginx-test-key-0123456789"
+    service = start_service(PRICE_TICK_SECONDS="0.5", TRUSTED_PROXIES="1", API_KEYS=key)
+    with nginx_in_front_of(service.port, tmp_path) as url:
+        token = requests.post(f"{url}/v1/tokens", headers={"X-API-Key": key}, timeout=5).json()[
+            "token"
+        ]
+        with requests.get(
+            f"{url}/v1/prices/stream?symbols=BTC&token={token}", stream=True, timeout=10
+        ) as reply:
+            assert reply.status_code == 200
+            next(EventStream().feed(split_lines(reply.iter_content(chunk_size=None))))
+        assert requests.get(f"{url}/v1/prices/stream?token=forged", timeout=5).status_code == 401
+    service.stop()
+    logged = (tmp_path / "access.log").read_text()
+    assert '"GET /v1/prices/stream HTTP/1.1" 200' in logged
+    assert '"GET /v1/prices/stream HTTP/1.1" 401' in logged
+    for text in (logged, service.logs()):
+        assert token not in text and "forged" not in text and key not in text

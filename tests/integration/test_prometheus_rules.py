@@ -25,7 +25,7 @@ def test_scrape_config_and_rules_are_valid() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", *map(str, sorted(PROMETHEUS_DIR.glob("rules/*.yml"))))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 11 rules found" in rules.stdout
+    assert "SUCCESS: 12 rules found" in rules.stdout
 
 
 def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
@@ -42,5 +42,6 @@ def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
         "PriceFeedStale",
         "RateLimitStorageErrors",
         "HistoryRecorderLagging",
+        "ApiKeysStale",
     ):
         assert f"alertname: {alert}" in text
