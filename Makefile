@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale deflate history-bench vendor hotpath loadtest soak clean
+.PHONY: install tools run test test-busy test-unit validate lint dashboard manifests bench compare scale deflate history-bench keys-bench vendor hotpath loadtest soak clean
 
 install: $(STAMP)
 
@@ -94,6 +94,10 @@ vendor:
 	rm -rf .vendor-tmp
 
 # Microseconds per request in-process, service against bare Flask; TARGET=service profiles.
+# What an API key costs a request, in-process (bench/keys.json).
+keys-bench: install
+	$(BIN)/python -m bench.keycost
+
 hotpath: install
 	$(BIN)/python -m bench.hotpath $(if $(TARGET),--profile $(TARGET))
 

@@ -3,18 +3,19 @@
 (``?token=``, from ``POST /v1/tokens``), else its address (which werkzeug's ProxyFix
 takes from ``X-Forwarded-For`` only when ``TRUSTED_PROXIES`` says how many hops to trust).
 
-A key is looked up by its SHA-256 in memory, known or not the same work: a hash and one
-dictionary lookup (no comparison that stops at the first differing character). An
-unknown key or a bad token is refused with a 401 before anything is counted.
+A key is looked up by its SHA-256 in memory, known or not the same work: its hash (once
+per distinct key, memoised) and a dictionary lookup, no comparison that stops at the first
+differing character. An unknown key or a bad token is refused with a 401 before anything
+is counted.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import flask
@@ -22,7 +23,6 @@ from limits import RateLimitItem, parse
 
 from service.config import Settings
 from service.errors import ApiError
-from service.key_format import digest_of
 from service.key_registry import KeyRegistry, KeysUnknown
 from service.key_store import ManagedKey
 from service.request_facts import facts_of
@@ -31,6 +31,8 @@ from service.tokens import BadToken, TokenSigner
 ANONYMOUS = "anonymous"  # the class of clients known by their address
 API_KEY = "api_key"  # the class of clients that present a known key (or its token)
 CLIENT_CLASSES = (API_KEY, ANONYMOUS)
+MAX_HOLDERS = 100_000  # managed keys' holders a worker keeps (then starts again)
+MAX_MEMO = 10_000  # keys' hashes a worker keeps (then starts again): made-up keys too
 TOKEN_PARAMETER = "token"  # noqa: S105 - the query parameter's name, not a secret
 
 
@@ -56,10 +58,10 @@ class Client:
         return self.client_class.name == API_KEY
 
 
-@lru_cache(maxsize=1024)
-def key_class(limit: str) -> ClientClass:
-    """The class of the clients with a key of this limit (parsed once per limit)."""
-    return ClientClass(API_KEY, "api-key", parse(limit))
+def _holder(fingerprint: str, name: str | None, limit: str) -> KeyHolder:
+    return KeyHolder(
+        Client(fingerprint, ClientClass(API_KEY, "api-key", parse(limit))), name, limit
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +106,31 @@ class Identity:
         self.anonymous = ClientClass(ANONYMOUS, "default", parse(settings.rate_limit))
         self._default_limit = settings.rate_limit
         self._static = {
-            key.digest: Client(key.fingerprint, key_class(settings.limit_of(key)))
+            key.digest: _holder(key.fingerprint, None, settings.limit_of(key))
             for key in settings.api_keys
         }
-        self._static_by_fingerprint = {client.key: client for client in self._static.values()}
-        self._static_limits = {key.fingerprint: settings.limit_of(key) for key in settings.api_keys}
+        self._static_by_fingerprint = {h.client.key: h for h in self._static.values()}
+        self._managed_holders: dict[str, KeyHolder] = {}
+        self._digests: dict[str, bytes] = {}  # presented keys' SHA-256
         self._managed = managed
         self._signer = signer
         self._clock = clock
         self.token_seconds = settings.token_ttl_seconds
 
-    def _of_managed(self, key: ManagedKey | None) -> Client | None:
+    def _of_managed(self, key: ManagedKey | None) -> KeyHolder | None:
         if key is None:
             return None
-        return Client(key.fingerprint, key_class(key.rate_limit or self._default_limit))
+        # A key's name and limit never change (a rotation makes a new key): one holder
+        # per fingerprint, made at its first request.
+        holder = self._managed_holders.get(key.fingerprint)
+        if holder is None:
+            if len(self._managed_holders) >= MAX_HOLDERS:
+                self._managed_holders.clear()
+            limit = key.rate_limit or self._default_limit
+            holder = self._managed_holders[key.fingerprint] = _holder(
+                key.fingerprint, key.name, limit
+            )
+        return holder
 
     def identify(self, environ: dict[str, Any], accept_token: bool = False) -> Client:
         """The client; raises a 401 for a key or token that is not good, a 503 while the
@@ -133,19 +146,27 @@ class Identity:
         return client
 
     def _by_key(self, presented: str, environ: dict[str, Any]) -> Client:
-        # WSGI strings are latin-1 decoded bytes: encoded back, the key's own bytes.
-        digest = digest_of(presented.encode("latin-1", "replace").decode("utf-8", "replace"))
-        client = self._static.get(digest)
-        if client is None:
+        digest = self._digests.get(presented)
+        if digest is None:
+            # Each key hashed once (a third of a keyed request's cost, bench/NOTES.md),
+            # good or not, so that a lookup is the same work whether the key exists; kept
+            # in a bounded memo. WSGI strings are latin-1 decoded bytes: encoded back, the
+            # key's own bytes.
+            digest = hashlib.sha256(presented.encode("latin-1", "replace")).digest()
+            if len(self._digests) >= MAX_MEMO:
+                self._digests.clear()
+            self._digests[presented] = digest
+        holder = self._static.get(digest)
+        if holder is None:
             try:
-                client = self._of_managed(self._managed.lookup(digest))
+                holder = self._of_managed(self._managed.lookup(digest))
             except KeysUnknown:
                 self._tell(environ, Client("unknown-key", self.anonymous))
                 raise KeysUnavailable() from None
-        if client is None:
+        if holder is None:
             self._tell(environ, Client("invalid-key", self.anonymous))
             raise InvalidApiKey()
-        return client
+        return holder.client
 
     def _by_token(self, token: str, environ: dict[str, Any]) -> Client:
         self._tell(environ, Client("invalid-token", self.anonymous))
@@ -161,17 +182,15 @@ class Identity:
             raise InvalidToken(
                 "token_expired", f"The token expired at {at}; get a new one with POST /v1/tokens."
             )
-        client = self._static_by_fingerprint.get(claim.fingerprint)
-        if client is None:
-            try:
-                client = self._of_managed(self._managed.by_fingerprint(claim.fingerprint))
-            except KeysUnknown:
-                raise KeysUnavailable() from None
-        if client is None:
+        try:
+            holder = self.holder(claim.fingerprint)
+        except KeysUnknown:
+            raise KeysUnavailable() from None
+        if holder is None:
             raise InvalidToken(
                 "token_revoked", "The token's API key has been revoked or has expired."
             )
-        return client
+        return holder.client
 
     def issue_token(self, fingerprint: str) -> tuple[str, int]:
         """A token for the key ``fingerprint``, and when it expires (unix seconds)."""
@@ -179,15 +198,11 @@ class Identity:
         return self._signer.issue(fingerprint, expires_at), expires_at
 
     def holder(self, fingerprint: str) -> KeyHolder | None:
-        """The key ``fingerprint`` as its holder is told of it, while it works."""
-        client = self._static_by_fingerprint.get(fingerprint)
-        if client is not None:
-            return KeyHolder(client, None, self._static_limits[fingerprint])
-        key = self._managed.by_fingerprint(fingerprint)
-        if key is None:
-            return None
-        limit = key.rate_limit or self._default_limit
-        return KeyHolder(Client(fingerprint, key_class(limit)), key.name, limit)
+        """The key ``fingerprint`` while it works (KeysUnknown: cannot tell yet)."""
+        static = self._static_by_fingerprint.get(fingerprint)
+        if static is not None:
+            return static
+        return self._of_managed(self._managed.by_fingerprint(fingerprint))
 
     @staticmethod
     def _tell(environ: dict[str, Any], client: Client) -> None:

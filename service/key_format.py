@@ -46,9 +46,9 @@ def is_well_formed(key: str) -> bool:
     return all(c in ALPHABET for c in body) and _checksum(body) == checksum
 
 
-def digest_of(key: str) -> bytes:
-    """What is stored and looked up: the key's SHA-256."""
-    return hashlib.sha256(key.encode()).digest()
+def digest_of(key: str | bytes) -> bytes:
+    """What is stored and looked up: the key's SHA-256 (of its UTF-8 bytes)."""
+    return hashlib.sha256(key if isinstance(key, bytes) else key.encode()).digest()
 
 
 def fingerprint_of(key: str) -> str:

@@ -67,6 +67,8 @@ class KeyRegistry:
         return True
 
     def _ready(self) -> None:
+        if self._poller.running and self._generation is not None:
+            return  # every keyed request's path: nothing more than this
         self._poller.ensure_running()
         if self._generation is None and not self.refresh():
             raise KeysUnknown()
@@ -81,7 +83,11 @@ class KeyRegistry:
         return self._working(self._by_fingerprint.get(fingerprint))
 
     def _working(self, key: ManagedKey | None) -> ManagedKey | None:
-        # Rotated-out keys are kept until they expire: checked at each use.
-        if key is None or not key.works_at(int(self._clock() * 1000)):
+        # Revoked keys are not read; rotated-out ones are kept until they expire: checked
+        # at each use (the clock only read for those).
+        if key is None or (key.expires_ms is not None and not key.works_at(self._now_ms())):
             return None
         return key
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)

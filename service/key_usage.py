@@ -33,30 +33,36 @@ class UsageCounter:
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._pending: dict[tuple[str, int], Usage] = {}
+        # (fingerprint, hour) -> [requests, rate limited, streams, latest request's ms]
+        self._pending: dict[tuple[str, int], list[int]] = {}
         self._lock = threading.Lock()
         self._logged_at = -ERROR_LOG_SECONDS
         self._flusher = Periodic("api-key-usage", FLUSH_SECONDS, self.flush)
 
     def count(self, fingerprint: str, rate_limited: bool, stream: bool) -> None:
-        """One request of the key ``fingerprint`` (a 429, or a stream opened)."""
+        """One request of the key ``fingerprint`` (a 429, or a stream opened). On every
+        keyed request's path: counts kept in a list mutated in place, no object made."""
         now_ms = int(self._clock() * 1000)
         key = (fingerprint, now_ms - now_ms % HOUR_MS)
-        used = Usage(1, int(rate_limited), int(stream), now_ms)
         with self._lock:
-            before = self._pending.get(key)
-            if before is None and len(self._pending) >= MAX_PENDING:
-                self._metrics.count_usage_dropped()
-                return
-            self._pending[key] = used if before is None else before + used
-        self._flusher.ensure_running()
+            counts = self._pending.get(key)
+            if counts is None:
+                if len(self._pending) >= MAX_PENDING:
+                    self._metrics.count_usage_dropped()
+                    return
+                counts = self._pending[key] = [0, 0, 0, now_ms]
+                self._flusher.ensure_running()
+            counts[0] += 1
+            counts[1] += rate_limited
+            counts[2] += stream
+            counts[3] = now_ms
 
     def pending(self, fingerprint: str, since_ms: int) -> Usage:
         """What this worker counted for the key and has not written yet."""
         with self._lock:
             found = [
-                used
-                for (counted, hour_ms), used in self._pending.items()
+                _usage(counts)
+                for (counted, hour_ms), counts in self._pending.items()
                 if counted == fingerprint and hour_ms >= since_ms
             ]
         return sum(found, Usage())
@@ -68,12 +74,15 @@ class UsageCounter:
         if not taken:
             return True
         try:
-            self._store.add_usage(taken)
+            self._store.add_usage({key: _usage(counts) for key, counts in taken.items()})
         except sa.exc.SQLAlchemyError as error:
             with self._lock:
-                for key, used in taken.items():
-                    before = self._pending.get(key)
-                    self._pending[key] = used if before is None else used + before
+                for key, counts in taken.items():
+                    since = self._pending.get(key)
+                    if since is not None:  # counted meanwhile: added to what waited
+                        counts = [a + b for a, b in zip(counts[:3], since[:3], strict=True)]
+                        counts.append(since[3])
+                    self._pending[key] = counts
             self._metrics.count_usage_write_error()
             now = time.monotonic()
             if now - self._logged_at >= ERROR_LOG_SECONDS:
@@ -81,3 +90,8 @@ class UsageCounter:
                 log.warning("api key usage not written", error=str(error).splitlines()[0])
             return False
         return True
+
+
+def _usage(counts: list[int]) -> Usage:
+    requests, rate_limited, streams, last_ms = counts
+    return Usage(requests, rate_limited, streams, last_ms)

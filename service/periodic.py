@@ -22,16 +22,23 @@ class Periodic:
         self.name = name
         self.seconds = seconds
         self._task = task
-        self._pid: int | None = None
+        self.running = False  # in this process: a forked child starts with False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.running = False
+        self._lock = threading.Lock()
 
     def ensure_running(self) -> None:
-        if self._pid == os.getpid():
+        """Start the thread unless it runs in this process (cheap when it does: callers
+        are on requests' paths)."""
+        if self.running:
             return
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
+            if not self.running:
+                self.running = True
                 self._stopped = threading.Event()
                 threading.Thread(target=self._run, name=self.name, daemon=True).start()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from bench import compare_report, deflate, report, workercpu
+from bench import compare_report, deflate, keycost, report, workercpu
 from bench.scale import goals_table, readme_table
 from tests.conftest import TESTS
 
@@ -59,6 +59,11 @@ def test_the_readmes_comparison_figures_are_the_committed_run() -> None:
 def test_the_readmes_compression_figures_are_the_committed_run() -> None:
     report = json.loads((TESTS.parent / "bench" / "deflate.json").read_text())
     assert deflate.readme_line(report) in README.read_text(), "README != bench/deflate.json"
+
+
+def test_the_readmes_key_cost_is_the_committed_run() -> None:
+    report = json.loads((TESTS.parent / "bench" / "keys.json").read_text())
+    assert keycost.readme_line(report) in README.read_text(), "README != bench/keys.json"
 
 
 def test_the_readmes_bench_and_soak_figures_are_the_committed_runs() -> None:

@@ -198,7 +198,7 @@ def test_a_keys_limit_holds_exactly_across_workers_and_its_counts_match_the_acce
     assert counted == (after["requests"], after["rate_limited"], after["streams"])
     assert after["requests"] == before["requests"] + 1  # the usage request
     assert listed["last_used"] != "never"
-    # Neither the database nor any log holds the key or the token.
+    # Neither the database nor any log or metric holds the key or the token.
     dump = subprocess.run(
         [postgres_binary("pg_dump"), "--data-only", url],
         check=True,
@@ -208,5 +208,6 @@ def test_a_keys_limit_holds_exactly_across_workers_and_its_counts_match_the_acce
     ).stdout
     assert fingerprint in dump  # the dump is of the right database
     secrets = (key, key.removeprefix("cpk_"), token, token.rsplit("_", 1)[-1])
-    for text in (dump, *(service.logs() for service in services)):
+    scrapes = [requests.get(f"{service.url}/metrics", timeout=10).text for service in services]
+    for text in (dump, *scrapes, *(service.logs() for service in services)):
         assert not any(secret in text for secret in secrets)

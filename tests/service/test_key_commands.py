@@ -4,11 +4,15 @@ clear message and changes nothing."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from service import key_commands
 from service.cli import main
 from service.database import create_engine
 from service.key_format import fingerprint_of, is_well_formed
@@ -128,3 +132,14 @@ def test_keys_on_a_database_without_the_schema_names_the_command(
     assert main(["keys", "create", "--name", "ci"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "run `crypto-service db upgrade`" in err
+
+
+@given(st.text(max_size=80))
+def test_any_name_limit_or_grace_is_taken_or_refused_with_a_message(text: str) -> None:
+    for parse in (key_commands._name, key_commands._limit, key_commands._grace):
+        problems: list[str] = []
+        try:
+            parse(text)
+        except argparse.ArgumentTypeError as refused:
+            problems.append(str(refused))
+        assert all(problems)  # a refusal always says why

@@ -5,6 +5,7 @@ and no key is ever written to the database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -125,3 +126,18 @@ def test_usage_adds_up_per_hour_and_old_hours_are_forgotten(engine: sa.Engine) -
     clock.now += USAGE_RETENTION_DAYS * 86400 + 3600
     store.add_usage({})
     assert store.usage(fp, 0) == Usage()
+
+
+def test_the_sqlite_file_never_holds_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.sqlite3"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    store = KeyStore(engine, Clock())
+    keys = [store.create("ci")[0], store.rotate("ci", 60)[0], store.create("cd", "5/second")[0]]
+    store.add_usage({(fingerprint_of(keys[0]), 0): Usage(1, 0, 0, 1)})
+    store.revoke("cd")
+    engine.dispose()
+    written = b"".join(p.read_bytes() for p in tmp_path.glob("keys.sqlite3*"))
+    assert fingerprint_of(keys[0]).encode() in written  # what is kept is in the file
+    for key in keys:
+        assert key.encode() not in written and key[4:20].encode() not in written
